@@ -1,0 +1,514 @@
+"""Plumbing shared by the four scripts, and nothing the chapter teaches.
+
+The GANs (data transforms, device choice, models, init, losses, optimizers, the training loop,
+sampling) are in the scripts. Here: the command line, opening datasets with clear errors, the
+run folder, checkpoints, and writing the grids, the GIF, the CSV and the loss plot.
+"""
+import argparse
+import csv
+import glob
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from urllib.error import URLError
+
+import torch
+import torch.utils.data
+import torchvision.datasets as dset
+import torchvision.utils as vutils
+from PIL import Image
+
+# --dataset fake: how many random images torchvision's FakeData makes (its own default).
+FAKE_SIZE = 1000
+
+# Settings a resumed run may change. Every other setting of a checkpoint (dataset, sizes, batch,
+# learning rate, seed...) defines the run: changing it on resume is refused, not silently ignored.
+FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "device", "log_every", "sample_every"}
+# Settings that belong to one invocation and are never taken from a checkpoint.
+PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps"}
+
+
+class UserError(Exception):
+    """Something the user can fix: cli() prints it without a traceback and exits with 1."""
+
+
+class UnreadableImage(UserError):
+    """An image file that PIL cannot decode (raised in DataLoader workers too)."""
+
+
+def cli(main, argv=None):
+    """Run a script's main() as a command: user errors become a message and exit status 1."""
+    try:
+        status = main(argv)
+    except UserError as e:
+        msg = str(e)
+        # A DataLoader worker's error reaches us wrapped with its traceback: keep the last line.
+        if "Original Traceback" in msg:
+            msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+        sys.exit(f"error: {msg}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+    sys.exit(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _beta(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def make_parser(doc, datasets, **defaults):
+    """The flags all scripts share (CONVENTIONS.md), with the script's document values as defaults.
+
+    A model flag (--nz, --ngf, --ndf, --beta1, --beta2) exists only if the script gives a default
+    for it. Scripts add their own flags to the parser this returns.
+    """
+    p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add(flag, help, **kw):
+        dest = flag[2:].replace("-", "_")
+        if dest in defaults:
+            p.add_argument(flag, default=defaults[dest], help=help + " (default: %(default)s)", **kw)
+
+    add("--dataset", "which data to train on", choices=datasets)
+    add("--dataroot", "parent folder of the datasets: MNIST in DIR/MNIST, CelebA in "
+        "DIR/celeba/img_align_celeba/*.jpg; for --dataset folder, an ImageFolder root", metavar="DIR")
+    p.add_argument("--out", metavar="DIR", help="where the run writes everything "
+                   "(default: runs/<script>-<dataset>)")
+    add("--epochs", "number of training epochs", type=_positive_int)
+    add("--batch-size", "batch size during training", type=_positive_int)
+    add("--lr", "learning rate of both optimizers", type=_positive_float)
+    add("--beta1", "beta1 of Adam", type=_beta)
+    add("--beta2", "beta2 of Adam", type=_beta)
+    add("--nz", "size of the latent vector z", type=_positive_int)
+    add("--ngf", "size of the feature maps in the generator", type=_positive_int)
+    add("--ndf", "size of the feature maps in the discriminator", type=_positive_int)
+    add("--workers", "DataLoader worker processes (0: load in the main process)",
+        type=_non_negative_int)
+    add("--seed", "random seed", type=int)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    add("--log-every", "iterations between log lines", type=_positive_int)
+    add("--sample-every", "iterations between fixed-noise snapshots", type=_positive_int)
+    p.add_argument("--max-steps", type=_positive_int, metavar="N",
+                   help="stop after N training iterations in all, and save a checkpoint")
+    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--generate", type=_positive_int, metavar="N",
+                   help="no training: sample N images from --checkpoint into generated.png")
+    p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint (or netG.pt) that "
+                   "--generate samples from (default: <out>/checkpoint.pt)")
+    return p
+
+
+def _given_flags(parser, argv):
+    """The dests of the options that appear on the command line (not left at their default)."""
+    given = set()
+    for action in parser._actions:
+        for s in action.option_strings:
+            if any(a == s or a.startswith(s + "=") for a in argv):
+                given.add(action.dest)
+    return given
+
+
+def get_args(parser, argv, script):
+    """Parse the command line. Returns (args, checkpoint or None).
+
+    With --resume, or with --generate, the checkpoint is loaded and the run's settings come from
+    it: a flag given on the command line that contradicts it is an error. The default --out is
+    runs/<script>-<dataset> for a new run, the checkpoint's folder otherwise.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.resume and args.generate:
+        parser.error("--resume trains, --generate samples: use one of them")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch sees no CUDA GPU "
+                        f"(torch {torch.__version__}); use --device cpu or auto")
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
+
+    ckpt = None
+    if args.generate:
+        path = args.checkpoint or os.path.join(args.out or f"runs/{script}-{args.dataset}",
+                                               "checkpoint.pt")
+        ckpt = load_checkpoint(path, script, allow_state_dict=True)
+        args.checkpoint = path
+        args.out = args.out or os.path.dirname(path) or "."
+    elif args.resume:
+        ckpt = load_checkpoint(args.resume, script)
+        args.out = args.out or os.path.dirname(args.resume) or "."
+    if ckpt is not None and "args" in ckpt:
+        given = _given_flags(parser, argv)
+        free = FREE_ON_RESUME | ({"seed"} if args.generate else set())  # --seed picks the samples
+        for key, value in ckpt["args"].items():
+            if key in PER_INVOCATION or key == "out" or not hasattr(args, key):
+                continue
+            if key not in given:
+                setattr(args, key, value)
+            elif key not in free and getattr(args, key) != value:
+                raise UserError(f"the checkpoint's run has --{key.replace('_', '-')} {value}, and "
+                                "that stays with it: drop the flag (or start a new run for new "
+                                "settings)")
+    if args.out is None:
+        args.out = f"runs/{script}-{args.dataset}"
+    return args, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+CELEBA_HELP = """CelebA not found: looked in {root}: {problem}.
+The chapter's layout (§12.4.1) is
+    {root}/img_align_celeba/000001.jpg ... 202599.jpg
+ImageFolder wants the images one sub-folder below {root}; images directly in {root} are
+one level too shallow. Get img_align_celeba.zip from the CelebA page
+(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "Align&Cropped Images"; also on Kaggle as
+"celeba-dataset"), then
+    mkdir -p {root} && unzip img_align_celeba.zip -d {root}
+or pass --dataroot DIR where DIR/celeba/img_align_celeba holds the images."""
+
+DOWNLOAD_HELP = """could not download {name} into {folder}: {reason}
+Without internet, copy the dataset's files there by hand (for MNIST: the four
+*-idx?-ubyte files into {folder}/raw/), or pass --dataroot DIR where DIR/{name} has them."""
+
+
+def read_image(path):
+    """ImageFolder's loader (PIL, converted to RGB), with the file's name in the error."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot read image {path}: {e}. Remove or replace it, "
+                              "then run again (or --resume the last checkpoint)") from None
+
+
+def _image_folder(root, transform, what):
+    if not os.path.isdir(root):
+        if what == "celeba":
+            raise UserError(CELEBA_HELP.format(root=root, problem="the folder does not exist"))
+        raise UserError(f"--dataset folder: {root} does not exist. Pass --dataroot DIR where DIR "
+                        "has one sub-folder per class (or just one) with the images inside")
+    try:
+        return dset.ImageFolder(root=root, transform=transform, loader=read_image)
+    except FileNotFoundError:
+        flat = any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root))
+        if flat:
+            problem = ("the images are directly in it, one level too shallow: move them into a "
+                       f"sub-folder, e.g. {root}/img_align_celeba/")
+        else:
+            problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
+        if what == "celeba":
+            raise UserError(CELEBA_HELP.format(root=root, problem=problem)) from None
+        raise UserError(f"--dataset folder: no images found in {root}: {problem}") from None
+
+
+def load_dataset(name, dataroot, transform, image_shape):
+    """The torchvision dataset behind --dataset, with a clear error when it cannot be had.
+
+    celeba: ImageFolder on <dataroot>/celeba (§12.4.1); folder: ImageFolder on <dataroot>;
+    mnist, fashion-mnist, cifar10: the torchvision class with download=True (§12.4.6);
+    fake: FakeData of image_shape (C, H, W), no download.
+    """
+    if name == "celeba":
+        return _image_folder(os.path.join(dataroot, "celeba"), transform, "celeba")
+    if name == "folder":
+        return _image_folder(dataroot, transform, "folder")
+    if name == "fake":
+        return dset.FakeData(size=FAKE_SIZE, image_size=image_shape, transform=transform)
+    cls = {"mnist": dset.MNIST, "fashion-mnist": dset.FashionMNIST, "cifar10": dset.CIFAR10}[name]
+    try:
+        return cls(root=dataroot, train=True, download=True, transform=transform)
+    except (RuntimeError, URLError, OSError) as e:
+        folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason)) from None
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """shuffle=True whose order depends only on (seed, epoch), as DistributedSampler's does.
+
+    set_epoch(epoch, start) skips the first `start` indices of that epoch's order without loading
+    them, so a run resumed in the middle of an epoch sees exactly the batches it had not seen.
+    """
+
+    def __init__(self, dataset, seed):
+        self.n, self.seed, self.epoch, self.start = len(dataset), seed, 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+
+    def __len__(self):
+        return self.n - self.start
+
+
+def _worker_init(worker_id):
+    # Ctrl-C reaches the whole process group. The main process finishes its iteration and saves;
+    # a worker that died of the same signal would leave it waiting for a batch that never comes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def loader_options(device, workers):
+    """DataLoader keywords that keep the model fed and leave the global RNG alone."""
+    generator = torch.Generator()  # worker seeds come from here, not from the global RNG
+    generator.manual_seed(0)
+    return dict(pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU faster
+                persistent_workers=workers > 0,  # no new worker processes every epoch
+                worker_init_fn=_worker_init, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: folder, interrupts, loss history
+# ---------------------------------------------------------------------------------------------
+def prepare_out(out, resume_iters=None):
+    """Create the run folder. A new run refuses a folder that holds a checkpoint (it would be
+    overwritten); snapshots of a previous attempt that the checkpoint does not cover are removed,
+    so progress.gif shows this run only."""
+    os.makedirs(out, exist_ok=True)
+    ckpt = os.path.join(out, "checkpoint.pt")
+    if resume_iters is None and os.path.exists(ckpt):
+        raise UserError(f"{out} already holds a run's checkpoint.pt. Continue it with --resume "
+                        f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {out})")
+    for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
+        if resume_iters is None or _snapshot_iter(path) >= resume_iters:
+            os.remove(path)
+
+
+def _snapshot_iter(path):
+    return int(os.path.basename(path)[len("fake_samples_"):-len(".png")])
+
+
+class Interrupt:
+    """Ctrl-C sets `requested`; the loop finishes its iteration, saves and stops.
+    A second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this iteration, then saving a checkpoint "
+              "(press Ctrl-C again to quit without saving)", flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class History:
+    """The per-iteration numbers behind losses.csv and losses.png.
+
+    append() keeps each iteration's values on the device: calling .item() every iteration would
+    make the CPU wait for the GPU each time. flush() brings them over in one transfer (at log
+    lines and before checkpoints), appends them to losses.csv, and raises UserError on a NaN/inf.
+    """
+
+    def __init__(self, path, columns, rows=()):
+        self.path, self.columns = path, ["epoch", "i", "iters"] + list(columns)
+        self.rows, self._pending = [list(r) for r in rows], []
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows([self.columns] + self.rows)
+
+    def append(self, epoch, i, iters, *values):
+        self._pending.append(([epoch, i, iters], torch.stack(values).detach()))
+
+    def flush(self):
+        """Returns the newest row (a list, in the order of columns)."""
+        if self._pending:
+            values = torch.stack([v for _, v in self._pending]).tolist()  # the one host sync
+            new = [k + v for (k, _), v in zip(self._pending, values)]
+            self._pending = []
+            self.rows += new
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerows(new)
+            bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
+            if bad is not None:
+                raise NonFiniteLoss(bad[2], dict(zip(self.columns[3:], bad[3:])),
+                                    os.path.dirname(self.path))
+        return self.rows[-1]
+
+    def column(self, name):
+        k = self.columns.index(name)
+        return [r[k] for r in self.rows]
+
+
+class NonFiniteLoss(UserError):
+    def __init__(self, iters, values, out):
+        ckpt = os.path.join(out, "checkpoint.pt")
+        kept = (f"The last good checkpoint, {ckpt}, is kept (--resume it to go on from there)"
+                if os.path.exists(ckpt) else "No checkpoint had been written yet")
+        super().__init__(
+            f"a loss became NaN or infinite at iteration {iters} "
+            f"({', '.join(f'{k} {v:.4g}' for k, v in values.items())}), so training stopped. "
+            f"{kept}. Try a lower --lr, and check that the data has no broken images")
+
+
+class IterRate:
+    """Iterations per second since the previous call."""
+
+    def __init__(self, iters):
+        self.iters, self.time = iters, time.perf_counter()
+
+    def __call__(self, iters):
+        now = time.perf_counter()
+        rate = (iters - self.iters) / max(now - self.time, 1e-9)
+        self.iters, self.time = iters, now
+        return rate
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def rng_state(device):
+    """The random generators a resumed run must continue from (noise is drawn on `device`)."""
+    state = {"cpu": torch.get_rng_state(), "cuda": None}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, script, allow_state_dict=False):
+    """torch.load(weights_only=True) with a clear error for every way it can go wrong.
+
+    With allow_state_dict, a bare generator state_dict (netG.pt) is accepted too and returned
+    as {"netG": state_dict}.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train first (python {script}.py ...), "
+                        "or pass the right path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or pickled objects other than tensors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a checkpoint this script can read ({first})") from None
+    if isinstance(ckpt, dict) and "script" in ckpt:
+        if ckpt["script"] != script:
+            raise UserError(f"{path} was written by {ckpt['script']}.py, not {script}.py: "
+                            f"use python {ckpt['script']}.py with it")
+        return ckpt
+    if allow_state_dict and isinstance(ckpt, dict) and all(torch.is_tensor(v) for v in ckpt.values()):
+        return {"netG": ckpt}
+    raise UserError(f"{path} is not a checkpoint of {script}.py")
+
+
+def load_state(module, state, what, path):
+    """module.load_state_dict with a clear error when the sizes do not match."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        detail = str(e).strip().splitlines()
+        raise UserError(f"{path}: {what} does not fit this model ({detail[-1].strip()}). "
+                        "Were the sizes (--nz, --ngf, --ndf, --dataset) different?") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run writes
+# ---------------------------------------------------------------------------------------------
+def save_grid(images, path, nrow=8, padding=2):
+    """Images in [-1, 1] (Tanh, Normalize(0.5, 0.5)) as a PNG grid. A fixed range, not the
+    batch's min and max, so that one image's brightness never depends on the others."""
+    vutils.save_image(images, path, nrow=nrow, padding=padding, normalize=True, value_range=(-1, 1))
+
+
+def save_real_vs_fake(real, fake, path):
+    """§12.4.5 "Real Images vs. Fake Images": the two grids side by side, a white gap between."""
+    a = vutils.make_grid(real, padding=2, normalize=True, value_range=(-1, 1))
+    b = vutils.make_grid(fake, padding=2, normalize=True, value_range=(-1, 1))
+    h = max(a.shape[1], b.shape[1])
+    pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
+    gap = torch.ones(3, h, 16)
+    vutils.save_image(torch.cat([pad(a), gap, pad(b)], dim=2), path)
+
+
+def write_gif(out, path):
+    """§12.4.5's animation of G's progression, as a file: every fake_samples_*.png in order."""
+    files = sorted(glob.glob(os.path.join(out, "fake_samples_*.png")), key=_snapshot_iter)
+    if not files:
+        return
+    frames = [Image.open(f).convert("RGB") for f in files]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000, loop=0)
+
+
+_said_no_matplotlib = False
+
+
+def plot_losses(curves, title, path):
+    """The chapter's loss plot (§12.4.5) where matplotlib is installed; it is optional."""
+    global _said_no_matplotlib
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not _said_no_matplotlib:
+            print("matplotlib is not installed, so there is no losses.png "
+                  "(pip install matplotlib); losses.csv has the numbers")
+            _said_no_matplotlib = True
+        return False
+    fig = plt.figure(figsize=(10, 5))
+    plt.title(title)
+    for label, values in curves.items():
+        plt.plot(values, label=label)
+    plt.xlabel("iterations")
+    plt.ylabel("Loss")
+    plt.legend()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
