@@ -249,7 +249,7 @@ def main(argv=None):
     if ckpt:
         print(f"Resuming {args.resume}: epoch {start_epoch}, iteration {start_i} of {batches}")
 
-    # Lists to keep track of progress: losses.csv, with the chapter's G_losses and D_losses
+    # Lists to keep track of progress: every iteration's losses and D outputs (losses.csv)
     history = common.History(os.path.join(args.out, "losses.csv"),
                              ["Loss_D", "Loss_G", "D_x", "D_G_z1", "D_G_z2"],
                              rows=ckpt["history"] if ckpt else ())
@@ -269,7 +269,7 @@ def main(argv=None):
     speed = common.IterRate(iters)
     fixed_fake = None  # G's latest output on fixed_noise
     stop = False
-    with common.Interrupt() as interrupt:
+    with common.Interrupt() as interrupt, common.nan_guard(args.out):
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch, start=start_i * args.batch_size)
             # For each batch in the dataloader
@@ -365,8 +365,8 @@ def main(argv=None):
 
     # §12.4.5 Results
     # Loss versus training iteration
-    common.plot_losses({"G": history.column("Loss_G"), "D": history.column("Loss_D")},
-                       "Generator and Discriminator Loss During Training",
+    G_losses, D_losses = history.column("Loss_G"), history.column("Loss_D")
+    common.plot_losses({"G": G_losses, "D": D_losses}, "Generator and Discriminator Loss During Training",
                        os.path.join(args.out, "losses.png"))
     # Visualization of G's progression: every fixed-noise snapshot, one frame per second
     common.write_gif(args.out, os.path.join(args.out, "progress.gif"))

@@ -5,6 +5,7 @@ sampling) are in the scripts. Here: the command line, opening datasets with clea
 run folder, checkpoints, and writing the grids, the GIF, the CSV and the loss plot.
 """
 import argparse
+import contextlib
 import csv
 import glob
 import math
@@ -364,8 +365,9 @@ class History:
                 csv.writer(f).writerows(new)
             bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
             if bad is not None:
-                raise NonFiniteLoss(bad[2], dict(zip(self.columns[3:], bad[3:])),
-                                    os.path.dirname(self.path))
+                values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
+                raise NonFiniteLoss(f"a loss became NaN or infinite at iteration {bad[2]} "
+                                    f"({values})", os.path.dirname(self.path))
         return self.rows[-1]
 
     def column(self, name):
@@ -374,14 +376,25 @@ class History:
 
 
 class NonFiniteLoss(UserError):
-    def __init__(self, iters, values, out):
+    def __init__(self, what, out):
         ckpt = os.path.join(out, "checkpoint.pt")
         kept = (f"The last good checkpoint, {ckpt}, is kept (--resume it to go on from there)"
                 if os.path.exists(ckpt) else "No checkpoint had been written yet")
-        super().__init__(
-            f"a loss became NaN or infinite at iteration {iters} "
-            f"({', '.join(f'{k} {v:.4g}' for k, v in values.items())}), so training stopped. "
-            f"{kept}. Try a lower --lr, and check that the data has no broken images")
+        super().__init__(f"{what}, so training stopped. {kept}. Try a lower --lr, and check "
+                         "that the data has no broken images")
+
+
+@contextlib.contextmanager
+def nan_guard(out):
+    """Stop clearly when D's probabilities become NaN (its weights diverged). BCELoss refuses
+    them with a RuntimeError before any loss shows a NaN (on CUDA, with a device-side assert
+    that ends the process; the last checkpoint is safe either way)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "should be between 0 and 1" not in str(e):
+            raise
+        raise NonFiniteLoss("D's output became NaN", out) from None
 
 
 class IterRate:
@@ -402,16 +415,22 @@ class IterRate:
 # ---------------------------------------------------------------------------------------------
 def rng_state(device):
     """The random generators a resumed run must continue from (noise is drawn on `device`)."""
-    state = {"cpu": torch.get_rng_state(), "cuda": None}
+    state = {"cpu": torch.get_rng_state(), "device_type": device.type, "device": None}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["device"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "get_rng_state"):
+        state["device"] = torch.mps.get_rng_state()
     return state
 
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    if state.get("device") is None or state.get("device_type") != device.type:
+        return  # saved on another kind of device: the noise there goes on from its own seed
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["device"], device)
+    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "set_rng_state"):
+        torch.mps.set_rng_state(state["device"])
 
 
 def save_checkpoint(ckpt, path):

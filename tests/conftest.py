@@ -1,0 +1,55 @@
+"""Helpers shared by the tests of the four scripts.
+
+The scripts' names start with digits, so they are imported with importlib. Tests run them
+in-process through main(argv) on torchvision's FakeData (no download, no real dataset), with
+tiny networks and a tiny fake dataset so that the whole suite stays fast on 2 CPU cores.
+"""
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+
+
+def load_script(name):
+    """The module of a script, e.g. load_script("02_dcgan")."""
+    return importlib.import_module(name)
+
+
+@pytest.fixture(autouse=True)
+def small_fake_data(monkeypatch):
+    """--dataset fake makes 32 images instead of 1000: with --batch-size 8, 4 batches an epoch."""
+    monkeypatch.setattr(common, "FAKE_SIZE", 32)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_images(folder, n, size=(72, 88), ext="jpg", color=None):
+    """n small images in folder (created), as files ImageFolder reads; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(n)
+    for k in range(n):
+        rgb = color or tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
+        Image.new("RGB", size, rgb).save(os.path.join(folder, f"{k:04d}.{ext}"))
+    return folder
+
+
+def png_size(path):
+    """(width, height) of an image file, which must be a valid image."""
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def grid_size(n, nrow=8, side=64, padding=2):
+    """The (width, height) torchvision.utils.make_grid gives n images of side x side."""
+    cols = min(n, nrow)
+    rows = -(-n // cols)
+    return cols * (side + padding) + padding, rows * (side + padding) + padding

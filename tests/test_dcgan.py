@@ -1,0 +1,440 @@
+"""02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import common
+from conftest import ROOT, grid_size, load_script, make_images, png_size
+
+dcgan = load_script("02_dcgan")
+
+# Tiny networks and batches: the same code paths as the chapter's run, a thousand times cheaper.
+TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
+
+
+def train(out, *extra):
+    status = dcgan.main(TINY + ["--out", str(out)] + [str(a) for a in extra])
+    assert status == 0
+    return out
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run and everything it writes
+# --------------------------------------------------------------------------------------------
+def test_a_run_writes_every_output(tmp_path, capsys):
+    out = train(tmp_path / "run", "--epochs", 2, "--sample-every", 3, "--log-every", 2)
+    log = capsys.readouterr().out
+
+    # the console: device, seed, data, both networks, the chapter's log line with it/s
+    assert "Device: cpu" in log and "Random Seed:  999" in log
+    assert "Dataset: fake, 32 images, 4 batches of 8 per epoch" in log
+    assert "Generator(" in log and "Discriminator(" in log
+    assert "[1/2][2/4]\tLoss_D: " in log and "\tD(G(z)): " in log and " it/s" in log
+
+    # 2 epochs x 4 batches = 8 iterations: snapshots at 0, 3, 6 (every 3) and 7 (the very end)
+    snaps = sorted(p for p in os.listdir(out) if p.startswith("fake_samples_"))
+    assert snaps == [f"fake_samples_{k:06d}.png" for k in (0, 3, 6, 7)]
+    for name in snaps:
+        assert png_size(out / name) == grid_size(64)  # 64 fixed_noise images, 8 x 8
+    assert png_size(out / "real_samples.png") == grid_size(8)  # one real batch of 8
+    w, h = grid_size(64)
+    assert png_size(out / "real_vs_fake.png") == (w + 16 + grid_size(8)[0], h)
+    with Image.open(out / "progress.gif") as gif:
+        assert gif.size == grid_size(64) and gif.n_frames == 4
+
+    rows = read_csv(out / "losses.csv")
+    assert [int(r["iters"]) for r in rows] == list(range(8))
+    assert [int(r["epoch"]) for r in rows] == [0] * 4 + [1] * 4
+    assert [int(r["i"]) for r in rows] == [0, 1, 2, 3] * 2
+    for r in rows:
+        # errD = -log D(x) - log(1 - D(G(z))) is at least -log D_x... and probabilities in (0, 1)
+        assert 0 < float(r["D_x"]) < 1 and 0 < float(r["D_G_z1"]) < 1 and 0 < float(r["D_G_z2"]) < 1
+        assert float(r["Loss_D"]) > 0 and float(r["Loss_G"]) > 0
+
+    ckpt = load(out / "checkpoint.pt")  # weights_only=True: tensors and plain values only
+    assert ckpt["script"] == "02_dcgan" and ckpt["iters"] == 8 and len(ckpt["history"]) == 8
+    assert ckpt["args"]["ngf"] == 8 and ckpt["fixed_noise"].shape == (64, 100, 1, 1)
+    netG = dcgan.Generator(100, 8, 3)
+    netG.load_state_dict(load(out / "netG.pt"))
+    for k, v in netG.state_dict().items():
+        assert torch.equal(v, ckpt["netG"][k])
+
+
+def test_loss_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = train(tmp_path / "run", "--max-steps", 3)
+    assert png_size(out / "losses.png") == (1000, 500)  # the chapter's figsize=(10, 5) at 100 dpi
+
+
+def test_without_matplotlib_the_run_says_so_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    monkeypatch.setattr(common, "_said_no_matplotlib", False)
+    out = train(tmp_path / "run", "--max-steps", 3)
+    assert not (out / "losses.png").exists() and (out / "losses.csv").exists()
+    assert capsys.readouterr().out.count("matplotlib is not installed") == 1
+
+
+def test_max_steps_stops_and_saves(tmp_path):
+    out = train(tmp_path / "run", "--epochs", 10, "--max-steps", 6, "--sample-every", 100)
+    assert load(out / "checkpoint.pt")["iters"] == 6
+    assert len(read_csv(out / "losses.csv")) == 6
+    # the snapshot of the last iteration exists, as at the very end of a full run
+    assert sorted(os.listdir(out))[1:3] == ["fake_samples_000000.png", "fake_samples_000005.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+def assert_same_run(a, b):
+    ca, cb = load(a / "checkpoint.pt"), load(b / "checkpoint.pt")
+    assert ca["iters"] == cb["iters"]
+    for net in ("netG", "netD"):
+        for k in ca[net]:  # weights and BatchNorm running statistics, bit for bit
+            assert torch.equal(ca[net][k], cb[net][k]), (net, k)
+    assert read_csv(a / "losses.csv") == read_csv(b / "losses.csv")
+
+
+def test_resume_from_an_epoch_end_is_bit_identical(tmp_path):
+    straight = train(tmp_path / "straight", "--epochs", 2)
+    resumed = train(tmp_path / "resumed", "--epochs", 1)
+    train(tmp_path / "elsewhere", "--resume", resumed / "checkpoint.pt", "--epochs", 2,
+          "--out", resumed)
+    assert_same_run(straight, resumed)
+    # the resumed run's GIF holds the snapshots of both parts (0, and 7: the end of each)
+    with Image.open(resumed / "progress.gif") as gif:
+        assert gif.n_frames == 3  # 000000, 000003 (end of part 1), 000007
+
+
+def test_resume_in_the_middle_of_an_epoch_is_bit_identical(tmp_path):
+    straight = train(tmp_path / "straight", "--epochs", 2)
+    part = train(tmp_path / "part", "--epochs", 2, "--max-steps", 3)
+    # --out defaults to the checkpoint's folder; --max-steps belongs to one invocation only
+    dcgan.main(["--resume", str(part / "checkpoint.pt"), "--workers", "0"])
+    assert_same_run(straight, part)
+
+
+def test_resume_keeps_the_runs_settings(tmp_path):
+    out = train(tmp_path / "run", "--max-steps", 2)
+    with pytest.raises(common.UserError, match="--ngf 8"):
+        dcgan.main(["--resume", str(out / "checkpoint.pt"), "--ngf", "16"])
+    with pytest.raises(common.UserError, match="--lr 0.0002"):
+        dcgan.main(["--resume", str(out / "checkpoint.pt"), "--lr", "0.001"])
+
+
+def test_a_finished_run_says_how_to_go_on(tmp_path):
+    out = train(tmp_path / "run", "--epochs", 1)
+    with pytest.raises(common.UserError, match="larger --epochs"):
+        dcgan.main(["--resume", str(out / "checkpoint.pt")])
+
+
+def test_a_new_run_does_not_overwrite_a_checkpoint(tmp_path):
+    out = train(tmp_path / "run", "--max-steps", 2)
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(common.UserError, match="--resume"):
+        train(out, "--max-steps", 2)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    common.save_checkpoint({"iters": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        common.save_checkpoint({"iters": 2}, path)
+    assert load(path) == {"iters": 1}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers on."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "02_dcgan.py", "--dataset", "fake", "--ngf", "8", "--ndf", "8",
+           "--batch-size", "8", "--workers", "2", "--log-every", "1", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    for line in p.stdout:  # wait until training runs
+        if line.startswith("[0/5][2/"):
+            break
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stdout
+    ckpt = load(out / "checkpoint.pt")
+    assert 3 <= ckpt["iters"] < 125 * 5
+    assert len(read_csv(out / "losses.csv")) == ckpt["iters"]
+    assert (out / "progress.gif").exists() and (out / "netG.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# --generate
+# --------------------------------------------------------------------------------------------
+def test_generate_needs_no_training_data(tmp_path):
+    data = tmp_path / "data"
+    make_images(data / "faces", 16)
+    out = train(tmp_path / "run", "--dataset", "folder", "--dataroot", data, "--max-steps", 2)
+    for f in (data / "faces").iterdir():
+        f.unlink()
+    (data / "faces").rmdir()
+    assert dcgan.main(["--generate", "10", "--checkpoint", str(out / "checkpoint.pt")]) == 0
+    # next to the checkpoint, ceil(sqrt(10)) = 4 per row
+    assert png_size(out / "generated.png") == grid_size(10, nrow=4)
+
+
+def test_generate_from_netG_pt_takes_sizes_from_the_flags(tmp_path):
+    out = train(tmp_path / "run", "--max-steps", 2)
+    dcgan.main(["--generate", "4", "--checkpoint", str(out / "netG.pt"), "--ngf", "8",
+                "--dataset", "fake", "--out", str(tmp_path / "g")])
+    assert png_size(tmp_path / "g" / "generated.png") == grid_size(4, nrow=2)
+    with pytest.raises(common.UserError, match="does not fit"):
+        dcgan.main(["--generate", "4", "--checkpoint", str(out / "netG.pt"), "--ngf", "16"])
+
+
+def test_samples_do_not_depend_on_the_rest_of_the_batch():
+    """Eval-mode BatchNorm: an image is a function of its own z, alone or in a grid of 64."""
+    torch.manual_seed(0)
+    netG = dcgan.Generator(100, 8, 3)
+    netG.apply(dcgan.weights_init)
+    netG(torch.randn(16, 100, 1, 1))  # one training-mode pass, so the running stats are not 0/1
+    z = torch.randn(64, 100, 1, 1)
+    grid = dcgan.sample(netG, z)
+    for k in (0, 17, 63):
+        torch.testing.assert_close(dcgan.sample(netG, z[k:k + 1])[0], grid[k])
+    assert netG.training  # sample() leaves the model as it found it
+
+
+# --------------------------------------------------------------------------------------------
+# Data: CelebA's layout and the errors a user can run into
+# --------------------------------------------------------------------------------------------
+def test_trains_on_the_chapters_celeba_layout(tmp_path):
+    make_images(tmp_path / "celeba" / "img_align_celeba", 16, size=(178, 218))  # CelebA's size
+    out = train(tmp_path / "run", "--dataset", "celeba", "--dataroot", tmp_path, "--max-steps", 2)
+    assert len(read_csv(out / "losses.csv")) == 2
+    assert png_size(out / "real_samples.png") == grid_size(8)
+
+
+def error_of(argv):
+    """The message the command line prints for a user error (common.cli exits with it, status 1)."""
+    with pytest.raises(SystemExit) as e:
+        common.cli(dcgan.main, argv)
+    return str(e.value.code)
+
+
+def test_missing_celeba_says_where_it_looked_and_how_to_get_it(tmp_path):
+    msg = error_of(["--dataroot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    assert msg.startswith("error: CelebA not found")
+    assert str(tmp_path / "nowhere" / "celeba") in msg
+    assert "img_align_celeba/" in msg and "img_align_celeba.zip" in msg
+    assert "one level too shallow" in msg and "http" in msg
+
+
+def test_celeba_images_one_level_too_shallow(tmp_path):
+    make_images(tmp_path / "celeba", 4)  # the images directly in celeba/
+    msg = error_of(["--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert "the images are directly in it, one level too shallow" in msg
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "data" / "empty").mkdir(parents=True)
+    msg = error_of(["--dataset", "folder", "--dataroot", str(tmp_path / "data"),
+                    "--out", str(tmp_path / "r")])
+    assert "no images found in" in msg and "no sub-folder with images" in msg
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_image_names_the_file(tmp_path, workers):
+    folder = make_images(tmp_path / "data" / "c", 8)
+    (tmp_path / "data" / "c" / "0003.jpg").write_bytes(b"not a jpeg")
+    msg = error_of(TINY + ["--dataset", "folder", "--dataroot", str(tmp_path / "data"),
+                           "--workers", workers, "--out", str(tmp_path / "r")])
+    assert msg.startswith("error: cannot read image ") and "0003.jpg" in msg
+    assert "Traceback" not in msg and folder
+
+
+def test_failed_download(tmp_path, monkeypatch):
+    from urllib.error import URLError
+    import torchvision.datasets.mnist as mnist
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
+    msg = error_of(["--dataset", "mnist", "--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert msg.startswith("error: could not download MNIST into " + str(tmp_path / "MNIST"))
+    assert "raw/" in msg
+
+
+def test_fewer_images_than_a_batch(tmp_path):
+    msg = error_of(TINY + ["--batch-size", "64", "--out", str(tmp_path / "r")])
+    assert "32 images, fewer than one batch" in msg
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--batch-size", "0"], "must be a positive whole number"),
+    (["--image-size", "32"], "invalid choice: 32"),
+    (["--lr", "-1"], "must be a positive number"),
+    (["--beta1", "1.5"], "must be in [0, 1)"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--epochs", "two"], "invalid _positive_int value"),
+])
+def test_bad_flag_values(flags, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(flags)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bad_checkpoints(tmp_path):
+    missing = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "none.pt")])
+    assert "no checkpoint at" in missing
+
+    (tmp_path / "junk.pt").write_bytes(b"\x00 not a torch file")
+    assert "is not a checkpoint" in error_of(["--resume", str(tmp_path / "junk.pt")])
+
+    torch.save({"script": "01_mlp_gan", "args": {}}, tmp_path / "other.pt")
+    msg = error_of(["--resume", str(tmp_path / "other.pt")])
+    assert "written by 01_mlp_gan.py" in msg
+
+    out = train(tmp_path / "run", "--max-steps", 2)
+    ckpt = load(out / "checkpoint.pt")
+    ckpt["netG"]["main.0.weight"] = torch.zeros(100, 16, 4, 4)  # other sizes than its args say
+    torch.save(ckpt, tmp_path / "edited.pt")
+    msg = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "edited.pt")])
+    assert "does not fit this model" in msg and "size mismatch" in msg
+
+
+def test_diverging_weights_stop_clearly_and_keep_the_last_good_checkpoint(tmp_path):
+    out = train(tmp_path / "run", "--epochs", 1)
+    # the run goes on with an absurd learning rate, so the weights blow up within an iteration
+    # or two: D's output turns NaN and BCELoss refuses it
+    ckpt = load(out / "checkpoint.pt")
+    for opt in ("optimizerD", "optimizerG"):
+        ckpt[opt]["param_groups"][0]["lr"] = 1e30
+    torch.save(ckpt, out / "checkpoint.pt")
+    good = (out / "checkpoint.pt").read_bytes()
+    msg = error_of(["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--workers", "0"])
+    assert "D's output became NaN" in msg and "lower --lr" in msg and "is kept" in msg
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_nan_in_the_losses_is_caught_at_the_next_flush(tmp_path):
+    history = common.History(str(tmp_path / "losses.csv"), ["Loss_D", "Loss_G"])
+    history.append(0, 0, 0, torch.tensor(1.0), torch.tensor(2.0))
+    assert history.flush() == [0, 0, 0, 1.0, 2.0]
+    history.append(0, 1, 1, torch.tensor(float("nan")), torch.tensor(2.0))
+    with pytest.raises(common.NonFiniteLoss, match="NaN or infinite at iteration 1"):
+        history.flush()
+    assert len(read_csv(tmp_path / "losses.csv")) == 2  # the bad row is on record, for a look
+
+
+def test_command_line_errors_have_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "02_dcgan.py", "--dataroot", str(tmp_path),
+                        "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: CelebA not found") and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's networks
+# --------------------------------------------------------------------------------------------
+def test_generator_doubles_the_size_at_each_layer():
+    netG = dcgan.Generator(nz=100, ngf=64, nc=3)
+    x, sizes = torch.randn(2, 100, 1, 1), []
+    for layer in netG.main:
+        x = layer(x)
+        if isinstance(layer, nn.ConvTranspose2d):
+            sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (3, 64, 64)]
+    assert x.min() >= -1 and x.max() <= 1  # Tanh
+
+
+def test_discriminator_halves_the_size_at_each_layer():
+    netD = dcgan.Discriminator(nc=3, ndf=64)
+    x, sizes = torch.randn(2, 3, 64, 64), []
+    for layer in netD.main:
+        x = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1, 1, 1)]
+    assert ((x > 0) & (x < 1)).all()  # Sigmoid: a probability
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_at_the_chapters_settings():
+    # ConvTranspose2d/Conv2d 4x4 without bias: in * out * 16; BatchNorm2d(c): 2c (scale, shift)
+    g = (100 * 512 + 512 * 256 + 256 * 128 + 128 * 64 + 64 * 3) * 16 + 2 * (512 + 256 + 128 + 64)
+    d = (3 * 64 + 64 * 128 + 128 * 256 + 256 * 512 + 512 * 1) * 16 + 2 * (128 + 256 + 512)
+    assert (g, d) == (3_576_704, 2_765_568)
+    assert count(dcgan.Generator(100, 64, 3)) == g
+    assert count(dcgan.Discriminator(3, 64)) == d
+
+
+def test_ngf_ndf_128_give_the_mnist_models_of_section_12_4_6():
+    """§12.4.6 doubles every hidden layer (ngf*16 ... ngf*2 at ngf = 64) and sets nc = 1."""
+    def layers(model):
+        return [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+                for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+    g_1246 = [("ConvTranspose2d", 100, 1024, (4, 4), (1, 1), (0, 0)),
+              ("ConvTranspose2d", 1024, 512, (4, 4), (2, 2), (1, 1)),
+              ("ConvTranspose2d", 512, 256, (4, 4), (2, 2), (1, 1)),
+              ("ConvTranspose2d", 256, 128, (4, 4), (2, 2), (1, 1)),
+              ("ConvTranspose2d", 128, 1, (4, 4), (2, 2), (1, 1))]
+    d_1246 = [("Conv2d", 1, 128, (4, 4), (2, 2), (1, 1)),
+              ("Conv2d", 128, 256, (4, 4), (2, 2), (1, 1)),
+              ("Conv2d", 256, 512, (4, 4), (2, 2), (1, 1)),
+              ("Conv2d", 512, 1024, (4, 4), (2, 2), (1, 1)),
+              ("Conv2d", 1024, 1, (4, 4), (1, 1), (0, 0))]
+    netG = dcgan.Generator(100, 128, dcgan.channels("mnist"))
+    netD = dcgan.Discriminator(dcgan.channels("mnist"), 128)
+    assert layers(netG) == g_1246 and layers(netD) == d_1246
+    assert [m.num_features for m in netG.modules() if isinstance(m, nn.BatchNorm2d)] == [1024, 512, 256, 128]
+    assert [m.num_features for m in netD.modules() if isinstance(m, nn.BatchNorm2d)] == [256, 512, 1024]
+    assert all(m.bias is None for m in netG.modules() if isinstance(m, nn.ConvTranspose2d))
+
+
+def test_weights_init_follows_the_dcgan_paper():
+    torch.manual_seed(0)
+    netG = dcgan.Generator(100, 64, 3)
+    netG.apply(dcgan.weights_init)
+    conv = torch.cat([m.weight.flatten() for m in netG.modules() if isinstance(m, nn.ConvTranspose2d)])
+    bn = [m for m in netG.modules() if isinstance(m, nn.BatchNorm2d)]
+    scale = torch.cat([m.weight for m in bn]).detach()
+    assert abs(conv.mean()) < 1e-3 and abs(conv.std() - 0.02) < 1e-3
+    # N(1, 0.02), not §12.4.6's N(0, 0.02): 960 values, the mean within 0.01 of 1
+    assert abs(scale.mean() - 1) < 0.01 and 0.015 < scale.std() < 0.025
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bn)
+
+
+def test_epoch_sampler_resumes_inside_an_epoch():
+    s = common.EpochSampler(range(20), seed=5)
+    s.set_epoch(1)
+    order = list(s)
+    assert sorted(order) == list(range(20))  # a permutation: every image once an epoch
+    s.set_epoch(1, start=8)
+    assert list(s) == order[8:] and len(s) == 12
+    s.set_epoch(2)
+    assert list(s) != order  # a new order every epoch
