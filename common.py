@@ -27,9 +27,9 @@ FAKE_SIZE = 1000
 
 # Settings a resumed run may change. Every other setting of a checkpoint (dataset, sizes, batch,
 # learning rate, seed...) defines the run: changing it on resume is refused, not silently ignored.
-FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "device", "log_every", "sample_every"}
-# Settings that belong to one invocation and are never taken from a checkpoint.
-PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps"}
+FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}
+# Settings that belong to one invocation (or one machine) and are never taken from a checkpoint.
+PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device"}
 
 
 class UserError(Exception):
@@ -58,29 +58,36 @@ def cli(main, argv=None):
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+def _number(text, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
     return value
 
 
 def _non_negative_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
 def _positive_float(text):
-    value = float(text)
+    value = _number(text, float)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _beta(text):
-    value = float(text)
+    value = _number(text, float)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
@@ -198,8 +205,13 @@ one level too shallow. Get img_align_celeba.zip from the CelebA page
 or pass --dataroot DIR where DIR/celeba/img_align_celeba holds the images."""
 
 DOWNLOAD_HELP = """could not download {name} into {folder}: {reason}
-Without internet, copy the dataset's files there by hand (for MNIST: the four
-*-idx?-ubyte files into {folder}/raw/), or pass --dataroot DIR where DIR/{name} has them."""
+Without internet, put the files there by hand: {files}.
+Or pass --dataroot DIR for a folder that already holds them."""
+DOWNLOAD_FILES = {
+    "mnist": "the four train-/t10k- *-idx?-ubyte files, .gz or not, into MNIST/raw/",
+    "fashion-mnist": "the four train-/t10k- *-idx?-ubyte files, .gz or not, into FashionMNIST/raw/",
+    "cifar10": "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/",
+}
 
 
 def read_image(path):
@@ -223,8 +235,9 @@ def _image_folder(root, transform, what):
     except FileNotFoundError:
         flat = any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root))
         if flat:
+            sub = "img_align_celeba" if what == "celeba" else "images"
             problem = ("the images are directly in it, one level too shallow: move them into a "
-                       f"sub-folder, e.g. {root}/img_align_celeba/")
+                       f"sub-folder, e.g. {os.path.join(root, sub)}/")
         else:
             problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
         if what == "celeba":
@@ -250,8 +263,10 @@ def load_dataset(name, dataroot, transform, image_shape):
         return cls(root=dataroot, train=True, download=True, transform=transform)
     except (RuntimeError, URLError, OSError) as e:
         folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
-        reason = str(e).strip().splitlines()[0]
-        raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason)) from None
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+        reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
+        raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
+                                             files=DOWNLOAD_FILES[name])) from None
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -368,7 +383,7 @@ class History:
                 values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
                 raise NonFiniteLoss(f"a loss became NaN or infinite at iteration {bad[2]} "
                                     f"({values})", os.path.dirname(self.path))
-        return self.rows[-1]
+        return self.rows[-1] if self.rows else None
 
     def column(self, name):
         k = self.columns.index(name)
