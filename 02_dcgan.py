@@ -174,7 +174,7 @@ def main(argv=None):
         device = torch.device(args.device)
     # Every batch has the same shape, so cuDNN may time its algorithms once and keep the fastest
     cudnn.benchmark = device.type == "cuda"
-    print("Device:", device)
+    print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
 
     if args.generate:
         return generate(args, ckpt, device)

@@ -105,6 +105,8 @@ def make_parser(doc, datasets, **defaults):
     def add(flag, help, **kw):
         dest = flag[2:].replace("-", "_")
         if dest in defaults:
+            if kw.get("type") in (_positive_int, _non_negative_int, int):
+                kw.setdefault("metavar", "N")
             p.add_argument(flag, default=defaults[dest], help=help + " (default: %(default)s)", **kw)
 
     add("--dataset", "which data to train on", choices=datasets)

@@ -63,8 +63,7 @@ def test_a_run_writes_every_output(tmp_path, capsys):
     assert [int(r["iters"]) for r in rows] == list(range(8))
     assert [int(r["epoch"]) for r in rows] == [0] * 4 + [1] * 4
     assert [int(r["i"]) for r in rows] == [0, 1, 2, 3] * 2
-    for r in rows:
-        # errD = -log D(x) - log(1 - D(G(z))) is at least -log D_x... and probabilities in (0, 1)
+    for r in rows:  # D's outputs are probabilities, BCE losses are positive
         assert 0 < float(r["D_x"]) < 1 and 0 < float(r["D_G_z1"]) < 1 and 0 < float(r["D_G_z2"]) < 1
         assert float(r["Loss_D"]) > 0 and float(r["Loss_G"]) > 0
 
