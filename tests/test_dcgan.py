@@ -177,7 +177,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
-def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path):
     """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers on."""
     out = tmp_path / "run"
     cmd = [sys.executable, "02_dcgan.py", "--dataset", "fake", "--ngf", "8", "--ndf", "8",
