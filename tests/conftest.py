@@ -30,12 +30,12 @@ def small_fake_data(monkeypatch):
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def make_images(folder, n, size=(72, 88), ext="jpg", color=None):
-    """n small images in folder (created), as files ImageFolder reads; returns the folder."""
+def make_images(folder, n, size=(72, 88), ext="jpg"):
+    """n small one-colour images in folder (created), as files ImageFolder reads; returns it."""
     os.makedirs(folder, exist_ok=True)
     g = torch.Generator().manual_seed(n)
     for k in range(n):
-        rgb = color or tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
+        rgb = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
         Image.new("RGB", size, rgb).save(os.path.join(folder, f"{k:04d}.{ext}"))
     return folder
 

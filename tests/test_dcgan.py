@@ -274,12 +274,12 @@ def test_empty_image_folder(tmp_path):
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_unreadable_image_names_the_file(tmp_path, workers):
-    folder = make_images(tmp_path / "data" / "c", 8)
+    make_images(tmp_path / "data" / "c", 8)
     (tmp_path / "data" / "c" / "0003.jpg").write_bytes(b"not a jpeg")
     msg = error_of(TINY + ["--dataset", "folder", "--dataroot", str(tmp_path / "data"),
                            "--workers", workers, "--out", str(tmp_path / "r")])
     assert msg.startswith("error: cannot read image ") and "0003.jpg" in msg
-    assert "Traceback" not in msg and folder
+    assert "Traceback" not in msg
 
 
 def test_failed_download(tmp_path, monkeypatch):
