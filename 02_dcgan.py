@@ -234,20 +234,11 @@ def main(argv=None):
     optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
 
     iters = 0
-    if ckpt:
-        common.load_state(netG, ckpt["netG"], "netG", args.resume)
-        common.load_state(netD, ckpt["netD"], "netD", args.resume)
-        optimizerG.load_state_dict(ckpt["optimizerG"])
-        optimizerD.load_state_dict(ckpt["optimizerD"])
+    if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
+        iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
+                               optimizerG=optimizerG, optimizerD=optimizerD)
         fixed_noise = ckpt["fixed_noise"].to(device)
-        iters = ckpt["iters"]
-        common.set_rng_state(ckpt["rng"], device)
-    start_epoch, start_i = divmod(iters, batches)
-    if start_epoch >= args.epochs or (args.max_steps and iters >= args.max_steps):
-        raise common.UserError(f"{args.resume} has done {iters} iterations ({start_epoch} epochs) "
-                               "already: pass a larger --epochs (or --max-steps) to go on")
-    if ckpt:
-        print(f"Resuming {args.resume}: epoch {start_epoch}, iteration {start_i} of {batches}")
+    start_epoch, start_i = common.start_point(args, iters, batches)
 
     # Lists to keep track of progress: every iteration's losses and D outputs (losses.csv)
     history = common.History(os.path.join(args.out, "losses.csv"),
@@ -256,13 +247,8 @@ def main(argv=None):
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
 
     def save_checkpoint():
-        history.flush()  # raises on a NaN loss, so a bad state never replaces a good checkpoint
-        common.save_checkpoint({
-            "script": SCRIPT, "args": vars(args), "iters": iters,
-            "netG": netG.state_dict(), "netD": netD.state_dict(),
-            "optimizerG": optimizerG.state_dict(), "optimizerD": optimizerD.state_dict(),
-            "fixed_noise": fixed_noise, "history": history.rows, "rng": common.rng_state(device),
-        }, ckpt_path)
+        common.save_training(ckpt_path, SCRIPT, args, iters, history, device, netG=netG, netD=netD,
+                             optimizerG=optimizerG, optimizerD=optimizerD, fixed_noise=fixed_noise)
 
     # §12.4.5 Training Loop
     print("Starting Training Loop...")

@@ -93,6 +93,14 @@ def _beta(text):
     return value
 
 
+def label_value(text):
+    """A BCE target for real images: in (0, 1]."""
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def make_parser(doc, datasets, **defaults):
     """The flags all scripts share (CONVENTIONS.md), with the script's document values as defaults.
 
@@ -492,6 +500,40 @@ def load_state(module, state, what, path):
         detail = str(e).strip().splitlines()
         raise UserError(f"{path}: {what} does not fit this model ({detail[-1].strip()}). "
                         "Were the sizes (--nz, --ngf, --ndf, --dataset) different?") from None
+
+
+def save_training(path, script, args, iters, history, device, **state):
+    """The one checkpoint dict of a run: its settings, where it is, its loss history, the random
+    generators, and every model, optimizer (as state_dicts) or tensor passed by name."""
+    history.flush()  # raises on a NaN loss, so a bad state never replaces a good checkpoint
+    save_checkpoint({
+        "script": script, "args": vars(args), "iters": iters, "history": history.rows,
+        "rng": rng_state(device),
+        **{name: x.state_dict() if hasattr(x, "state_dict") else x for name, x in state.items()},
+    }, path)
+
+
+def restore(ckpt, path, device, **state):
+    """Load a save_training checkpoint into the models and optimizers passed by name (the
+    names it was saved under) and the random generators; returns the iterations done."""
+    for name, x in state.items():
+        if isinstance(x, torch.nn.Module):
+            load_state(x, ckpt[name], name, path)
+        else:
+            x.load_state_dict(ckpt[name])
+    set_rng_state(ckpt["rng"], device)
+    return ckpt["iters"]
+
+
+def start_point(args, iters, per_epoch):
+    """(epoch, iteration in it) where a run that has done `iters` iterations goes on."""
+    start_epoch, start_i = divmod(iters, per_epoch)
+    if start_epoch >= args.epochs or (args.max_steps and iters >= args.max_steps):
+        raise UserError(f"{args.resume} has done {iters} iterations ({start_epoch} epochs) "
+                        "already: pass a larger --epochs (or --max-steps) to go on")
+    if iters:
+        print(f"Resuming {args.resume}: epoch {start_epoch}, iteration {start_i} of {per_epoch}")
+    return start_epoch, start_i
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ The scripts' names start with digits, so they are imported with importlib. Tests
 in-process through main(argv) on torchvision's FakeData (no download, no real dataset), with
 tiny networks and a tiny fake dataset so that the whole suite stays fast on 2 CPU cores.
 """
+import csv
 import importlib
 import os
 import sys
@@ -53,3 +54,22 @@ def grid_size(n, nrow=8, side=64, padding=2):
     cols = min(n, nrow)
     rows = -(-n // cols)
     return cols * (side + padding) + padding, rows * (side + padding) + padding
+
+
+def usage_error(main, argv, capsys):
+    """What argparse prints for a bad flag; it must exit with status 2 (usage error)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def read_csv(path):
+    """losses.csv as a list of dicts, one per iteration."""
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def load(path):
+    """A checkpoint or netG.pt, as the scripts load them."""
+    return torch.load(path, map_location="cpu", weights_only=True)

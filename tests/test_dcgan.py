@@ -1,10 +1,8 @@
 """02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
-import csv
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
-from conftest import ROOT, grid_size, load_script, make_images, png_size
+from conftest import ROOT, grid_size, load, load_script, make_images, png_size, read_csv, usage_error
 
 dcgan = load_script("02_dcgan")
 
@@ -24,15 +22,6 @@ def train(out, *extra):
     status = dcgan.main(TINY + ["--out", str(out)] + [str(a) for a in extra])
     assert status == 0
     return out
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,9 +298,7 @@ def test_fewer_images_than_a_batch(tmp_path):
     (["--epochs", "two"], "--epochs: expected a number, got 'two'"),
 ])
 def test_bad_flag_values(flags, says, capsys):
-    with pytest.raises(SystemExit) as e:
-        dcgan.main(flags)
-    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert says in usage_error(dcgan.main, flags, capsys)
 
 
 def test_bad_checkpoints(tmp_path):
