@@ -2,7 +2,8 @@
 
     pip install -r requirements.txt
     python 01_mlp_gan.py                        # MNIST (downloads it), a few minutes on a CPU
-    python 01_mlp_gan.py --g-loss minimax       # Eq. (1) as written: watch G stall (§12.3 D, §12.7.1)
+    python 01_mlp_gan.py --g-loss minimax       # Eq. (1) as written (§12.3 D, §12.7.1)
+    python 01_mlp_gan.py --g-loss minimax --k 5 # a stronger D: watch G's minimax loss stall near 0
     python 01_mlp_gan.py --k 3 --smooth 0.9     # k D-steps per G-step (§12.2.4); one-sided label smoothing
     python 01_mlp_gan.py --generate 100 --checkpoint runs/01_mlp_gan-mnist/checkpoint.pt
 
@@ -26,8 +27,8 @@ SCRIPT = "01_mlp_gan"
 # Settings: the networks, Adam's learning rate 0.001, the batch of 100 and the latent size of
 # 100 are the lecture notes' (001). Adam's beta1 is 0.5, as in the chapter (§12.4.4) and the DCGAN
 # paper, not PyTorch's 0.9 that 001 leaves it at: with 0.9 these MLPs were still noisy, look-alike
-# blobs after 15 epochs of MNIST here; with 0.5 they draw digits after 5. 10 epochs: about
-# 5 minutes on a 2-core CPU.
+# blobs after 15 epochs of MNIST here; with 0.5 they draw digits after 5. 10 epochs: 5 minutes
+# on a 2-core CPU (about 30 s an epoch), with clear, if speckled, digits at the end.
 parser = common.make_parser(
     __doc__,
     datasets=["mnist", "fashion-mnist", "fake", "folder"],
@@ -224,12 +225,14 @@ def main(argv=None):
                 output = netD(netG(z))
                 if args.g_loss == "minimax":
                     # Descend ∇θg 1/m Σ log(1 - D(G(z))), Eq. (1) as written. BCE with y = 0 is
-                    # -log(1 - D(G(z))), so minimise its negative. When D rejects the fakes
-                    # (D(G(z)) near 0) this curve is flat: G gets almost no gradient (§12.7.1).
+                    # -log(1 - D(G(z))), so minimise its negative. Its slope on D's logit a is
+                    # -σ(a) = -D(G(z)): when D rejects the fakes (D(G(z)) near 0) the curve is
+                    # flat and G gets almost no gradient (§12.7.1).
                     errG = -criterion(output, fake_labels)
                 else:
                     # Non-saturating: maximise log D(G(z)), i.e. minimise -log D(G(z)) = BCE
-                    # with y = 1. Same fixed point, strong gradients early on (§12.3 D 1).
+                    # with y = 1. Same fixed point, but its slope on the logit is
+                    # D(G(z)) - 1: strongest exactly when D rejects the fakes (§12.3 D 1).
                     errG = criterion(output, real_labels)
                 errG.backward()
                 D_G_z2 = torch.sigmoid(output).mean()

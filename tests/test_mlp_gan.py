@@ -91,6 +91,13 @@ def test_bce_with_logits_is_the_two_terms_of_eq_1():
     # while the logits form gives the true -log(1 - D) = 30
     assert nn.BCELoss()(d[3:], torch.zeros(1)).item() == 100
     assert criterion(a[3:], torch.zeros(1)).item() == pytest.approx(30, abs=1e-3)
+    # G's two losses on one fake that D rejects (D(G(z)) = 0.047): their slopes on the logit
+    logit = torch.tensor([-3.0], requires_grad=True)
+    minimax, = torch.autograd.grad(-criterion(logit, torch.zeros(1)), logit)
+    non_saturating, = torch.autograd.grad(criterion(logit, torch.ones(1)), logit)
+    d = torch.sigmoid(logit.detach())
+    torch.testing.assert_close(minimax, -d)           # -0.047: almost flat
+    torch.testing.assert_close(non_saturating, d - 1)  # -0.953: twenty times steeper
 
 
 def test_networks_and_parameter_counts():
