@@ -29,7 +29,7 @@ FAKE_SIZE = 1000
 # learning rate, seed...) defines the run: changing it on resume is refused, not silently ignored.
 FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}
 # Settings that belong to one invocation (or one machine) and are never taken from a checkpoint.
-PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device"}
+PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device", "labels"}
 
 
 class UserError(Exception):
@@ -58,6 +58,17 @@ def cli(main, argv=None):
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+def label_list(text):
+    """--labels 7 or --labels 0,3,8: class indices, in the order given."""
+    try:
+        labels = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class numbers separated by commas, got {text!r}")
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"a class is listed twice in {text!r}")
+    return labels
+
+
 def _number(text, kind):
     try:
         return kind(text)
@@ -545,10 +556,10 @@ def save_grid(images, path, nrow=8, padding=2):
     vutils.save_image(images, path, nrow=nrow, padding=padding, normalize=True, value_range=(-1, 1))
 
 
-def save_real_vs_fake(real, fake, path):
+def save_real_vs_fake(real, fake, path, fake_nrow=8):
     """§12.4.5 "Real Images vs. Fake Images": the two grids side by side, a white gap between."""
     a = vutils.make_grid(real, padding=2, normalize=True, value_range=(-1, 1))
-    b = vutils.make_grid(fake, padding=2, normalize=True, value_range=(-1, 1))
+    b = vutils.make_grid(fake, nrow=fake_nrow, padding=2, normalize=True, value_range=(-1, 1))
     h = max(a.shape[1], b.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
     gap = torch.ones(3, h, 16)
