@@ -50,7 +50,7 @@ parser.add_argument("--k", type=int, default=1, choices=range(1, 11), metavar="K
 parser.add_argument("--g-loss", default="non-saturating", choices=["non-saturating", "minimax"],
                     help="G maximises log D(G(z)) (non-saturating) or minimises log(1 - D(G(z))) "
                          "as Eq. (1) has it (minimax) (default: non-saturating)")
-parser.add_argument("--smooth", type=common.label_value, default=1.0, metavar="Y",
+parser.add_argument("--smooth", type=common.unit_value, default=1.0, metavar="Y",
                     help="the label D is trained towards on real images: 1.0, or 0.9 for "
                          "one-sided label smoothing (004) (default: 1.0)")
 

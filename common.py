@@ -104,20 +104,22 @@ def _beta(text):
     return value
 
 
-def label_value(text):
-    """A BCE target for real images: in (0, 1]."""
+def unit_value(text):
+    """A number in (0, 1]: a BCE target for real images (01), a clipping bound (04)."""
     value = _number(text, float)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
-def make_parser(doc, datasets, **defaults):
+def make_parser(doc, datasets, defaults_said=None, **defaults):
     """The flags all scripts share (CONVENTIONS.md), with the script's document values as defaults.
 
     A model flag (--nz, --ngf, --ndf, --beta1, --beta2) exists only if the script gives a default
-    for it. Scripts add their own flags to the parser this returns.
+    for it. defaults_said: {dest: text} for a default that depends on other flags (the script
+    then gives None and decides). Scripts add their own flags to the parser this returns.
     """
+    defaults_said = defaults_said or {}
     p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -126,7 +128,8 @@ def make_parser(doc, datasets, **defaults):
         if dest in defaults:
             if kw.get("type") in (_positive_int, _non_negative_int, int):
                 kw.setdefault("metavar", "N")
-            p.add_argument(flag, default=defaults[dest], help=help + " (default: %(default)s)", **kw)
+            said = defaults_said.get(dest, "%(default)s")
+            p.add_argument(flag, default=defaults[dest], help=f"{help} (default: {said})", **kw)
 
     add("--dataset", "which data to train on", choices=datasets)
     add("--dataroot", "parent folder of the datasets: MNIST in DIR/MNIST, CelebA in "
