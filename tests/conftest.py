@@ -73,3 +73,10 @@ def read_csv(path):
 def load(path):
     """A checkpoint or netG.pt, as the scripts load them."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def user_error(main, argv):
+    """The message the command line prints for a user error (common.cli exits with it)."""
+    with pytest.raises(SystemExit) as e:
+        common.cli(main, argv)
+    return str(e.value.code)

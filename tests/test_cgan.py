@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-import common
-from conftest import grid_size, load, load_script, make_images, png_size, read_csv, usage_error
+from conftest import grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
 
 cgan = load_script("03_cgan")
 
@@ -19,10 +18,7 @@ def train(out, *extra):
 
 
 def error_of(argv):
-    """The message the command line prints for a user error (common.cli exits with it, status 1)."""
-    with pytest.raises(SystemExit) as e:
-        common.cli(cgan.main, argv)
-    return str(e.value.code)
+    return user_error(cgan.main, argv)
 
 
 def test_a_run_writes_every_output(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
-from conftest import ROOT, grid_size, load, load_script, make_images, png_size, read_csv, usage_error
+from conftest import ROOT, grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 
@@ -234,10 +234,7 @@ def test_trains_on_the_chapters_celeba_layout(tmp_path):
 
 
 def error_of(argv):
-    """The message the command line prints for a user error (common.cli exits with it, status 1)."""
-    with pytest.raises(SystemExit) as e:
-        common.cli(dcgan.main, argv)
-    return str(e.value.code)
+    return user_error(dcgan.main, argv)
 
 
 def test_missing_celeba_says_where_it_looked_and_how_to_get_it(tmp_path):

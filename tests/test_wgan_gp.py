@@ -6,8 +6,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import common
-from conftest import grid_size, load, load_script, png_size, read_csv, usage_error
+from conftest import grid_size, load, load_script, png_size, read_csv, usage_error, user_error
 
 wgan = load_script("04_wgan_gp")
 
@@ -22,9 +21,7 @@ def train(out, *extra):
 
 
 def error_of(argv):
-    with pytest.raises(SystemExit) as e:
-        common.cli(wgan.main, argv)
-    return str(e.value.code)
+    return user_error(wgan.main, argv)
 
 
 class Linear(nn.Module):
