@@ -47,7 +47,8 @@ parser = common.make_parser(
 parser.add_argument("--image-size", type=int, default=32, choices=[32],
                     help="fixed at 32 by the architecture (default: 32)")
 parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
-                    help="with --generate: the classes to draw, one row each (default: all)")
+                    help="with --generate N: the classes to draw, one row each, N split "
+                         "evenly over them (default: all classes)")
 
 
 def channels(dataset):
