@@ -52,7 +52,7 @@ parser.add_argument("--image-size", type=int, metavar="N",
                          "Fashion-MNIST and fake, 32 for CIFAR-10, 64 for CelebA and folder)")
 parser.add_argument("--n-critic", type=int, default=5, choices=range(1, 11), metavar="N",
                     help="critic steps per generator step, each on its own real batch (default: 5)")
-parser.add_argument("--lambda-gp", type=float, default=10.0, metavar="λ",
+parser.add_argument("--lambda-gp", type=float, default=10.0, metavar="LAMBDA",
                     help="weight of the gradient penalty (default: 10)")
 parser.add_argument("--clip", type=common.unit_value, metavar="C",
                     help="the original WGAN instead: clip every critic weight to [-C, C] after "
