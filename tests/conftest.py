@@ -80,3 +80,14 @@ def user_error(main, argv):
     with pytest.raises(SystemExit) as e:
         common.cli(main, argv)
     return str(e.value.code)
+
+
+def assert_same_run(a, b):
+    """Two run folders ended in the same state: iterations, weights and BatchNorm running
+    statistics bit for bit, and the same losses.csv."""
+    ca, cb = load(a / "checkpoint.pt"), load(b / "checkpoint.pt")
+    assert ca["iters"] == cb["iters"]
+    for net in ("netG", "netD"):
+        for k in ca[net]:
+            assert torch.equal(ca[net][k], cb[net][k]), (net, k)
+    assert read_csv(a / "losses.csv") == read_csv(b / "losses.csv")

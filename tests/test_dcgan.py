@@ -10,7 +10,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
-from conftest import ROOT, grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
+from conftest import ROOT, assert_same_run, grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 
@@ -91,15 +91,6 @@ def test_max_steps_stops_and_saves(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Resume
 # --------------------------------------------------------------------------------------------
-def assert_same_run(a, b):
-    ca, cb = load(a / "checkpoint.pt"), load(b / "checkpoint.pt")
-    assert ca["iters"] == cb["iters"]
-    for net in ("netG", "netD"):
-        for k in ca[net]:  # weights and BatchNorm running statistics, bit for bit
-            assert torch.equal(ca[net][k], cb[net][k]), (net, k)
-    assert read_csv(a / "losses.csv") == read_csv(b / "losses.csv")
-
-
 def test_resume_from_an_epoch_end_is_bit_identical(tmp_path):
     straight = train(tmp_path / "straight", "--epochs", 2)
     resumed = train(tmp_path / "resumed", "--epochs", 1)

