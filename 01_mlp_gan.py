@@ -6,6 +6,7 @@
     python 01_mlp_gan.py --g-loss minimax --k 5 # a stronger D: watch G's minimax loss stall near 0
     python 01_mlp_gan.py --k 3 --smooth 0.9     # k D-steps per G-step (§12.2.4); one-sided label smoothing
     python 01_mlp_gan.py --generate 100 --checkpoint runs/01_mlp_gan-mnist/checkpoint.pt
+    torchrun --nproc_per_node=2 01_mlp_gan.py --device cpu  # two processes (README, "More than one GPU")
 
 A run writes into runs/01_mlp_gan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
@@ -108,6 +109,7 @@ class Generator(nn.Module):
 # Samples for the fixed-noise snapshots and --generate (an MLP without BatchNorm: no train/eval
 # difference, each image depends on its own z only)
 def sample(netG, noise):
+    netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     with torch.no_grad():
         return netG(noise).cpu()
 
@@ -121,6 +123,10 @@ def main(argv=None):
                               "mps" if torch.backends.mps.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
+    # GPU. Started without torchrun, nothing changes.
+    world = common.init_processes(device)
+    device = world.device
     print(f"Device: {device}")
 
     if args.generate:
@@ -132,7 +138,7 @@ def main(argv=None):
 
     common.prepare_out(args.out, resume_iters=ckpt["iters"] if ckpt else None)
     dataset = get_dataset(args)
-    sampler = common.EpochSampler(dataset, args.seed)
+    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
     dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                              num_workers=args.workers, drop_last=True,
                                              **common.loader_options(device, args.workers))
@@ -143,6 +149,7 @@ def main(argv=None):
                                f"batches of --batch-size {args.batch_size}: use a smaller --batch-size")
     print(f"Dataset: {args.dataset}, {len(dataset)} images, {len(dataloader)} batches of "
           f"{args.batch_size} per epoch, {iterations} iterations of k = {args.k} D steps + 1 G step")
+    world.say_batch(args.batch_size)
 
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
@@ -151,6 +158,8 @@ def main(argv=None):
     print(netG)
     netD = Discriminator().to(device)
     print(netD)
+    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
+    netG, netD = world.wrap(netG), world.wrap(netD)
 
     # §12.3 D 1) The cross-entropy loss. BCEWithLogitsLoss on a logit a = D's output, target y:
     #   l = -[y log σ(a) + (1 - y) log(1 - σ(a))]
@@ -177,6 +186,7 @@ def main(argv=None):
         iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
                                optimizerG=optimizerG, optimizerD=optimizerD)
         fixed_noise = ckpt["fixed_noise"].to(device)
+    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
     start_epoch, start_i = common.start_point(args, iters, iterations)
 
     history = common.History(os.path.join(args.out, "losses.csv"),
@@ -193,7 +203,7 @@ def main(argv=None):
     speed = common.IterRate(iters)
     fixed_fake = None
     stop = False
-    with common.Interrupt() as interrupt:
+    with common.Interrupt(world) as interrupt:
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch, start=start_i * args.k * args.batch_size)
             minibatches = iter(dataloader)
@@ -268,7 +278,7 @@ def main(argv=None):
                 fixed_fake = sample(netG, fixed_noise)
                 common.save_grid(fixed_fake, snapshot)
 
-    common.save_checkpoint(netG.state_dict(), os.path.join(args.out, "netG.pt"))
+    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
 
     # Results: the loss plot, G's progression, real beside fake
     G_losses, D_losses = history.column("Loss_G"), history.column("Loss_D")

@@ -6,6 +6,7 @@
     python 02_dcgan.py --dataset fake --max-steps 20                    # a quick try, no data
     python 02_dcgan.py --resume runs/02_dcgan-celeba/checkpoint.pt      # go on after Ctrl-C
     python 02_dcgan.py --generate 64 --checkpoint runs/02_dcgan-celeba/checkpoint.pt
+    torchrun --nproc_per_node=4 02_dcgan.py --dataset celeba  # 4 GPUs (README, "More than one GPU")
 
 A run writes into runs/02_dcgan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
@@ -155,6 +156,7 @@ class Discriminator(nn.Module):
 # (In train mode each image would be normalised with its grid's statistics. The comparison on
 # a real run is in README.md.)
 def sample(netG, noise):
+    netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     training = netG.training
     netG.eval()
     with torch.no_grad():
@@ -172,6 +174,10 @@ def main(argv=None):
                               "mps" if torch.backends.mps.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
+    # GPU. Started without torchrun, nothing changes.
+    world = common.init_processes(device)
+    device = world.device
     # Every batch has the same shape, so cuDNN may time its algorithms once and keep the fastest
     cudnn.benchmark = device.type == "cuda"
     print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
@@ -191,7 +197,7 @@ def main(argv=None):
     # smaller batch never reaches BatchNorm (a batch of one has no statistics). The sampler
     # shuffles like shuffle=True but by (seed, epoch), so that a resumed run can pick up an
     # epoch where it stopped.
-    sampler = common.EpochSampler(dataset, args.seed)
+    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
     dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                              num_workers=args.workers, drop_last=True,
                                              **common.loader_options(device, args.workers))
@@ -201,6 +207,7 @@ def main(argv=None):
                                f"(--batch-size {args.batch_size}): use a smaller --batch-size")
     print(f"Dataset: {args.dataset}, {len(dataset)} images, {batches} batches of "
           f"{args.batch_size} per epoch")
+    world.say_batch(args.batch_size)
 
     # Plot some training images: the chapter's "Training Images", as a file
     real_batch = next(iter(dataloader))
@@ -213,6 +220,8 @@ def main(argv=None):
     netD = Discriminator(nc, args.ndf).to(device)
     netD.apply(weights_init)
     print(netD)
+    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
+    netG, netD = world.wrap(netG), world.wrap(netD)
 
     # §12.4.4 Loss functions and optimizers
     # BCELoss: l_n = -(y_n log x_n + (1 - y_n) log(1 - x_n)). The label y picks the term:
@@ -238,6 +247,7 @@ def main(argv=None):
         iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
                                optimizerG=optimizerG, optimizerD=optimizerD)
         fixed_noise = ckpt["fixed_noise"].to(device)
+    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
     start_epoch, start_i = common.start_point(args, iters, batches)
 
     # Lists to keep track of progress: every iteration's losses and D outputs (losses.csv)
@@ -255,7 +265,7 @@ def main(argv=None):
     speed = common.IterRate(iters)
     fixed_fake = None  # G's latest output on fixed_noise
     stop = False
-    with common.Interrupt() as interrupt, common.nan_guard(args.out):
+    with common.Interrupt(world) as interrupt, common.nan_guard(args.out):
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch, start=start_i * args.batch_size)
             # For each batch in the dataloader
@@ -347,7 +357,7 @@ def main(argv=None):
                 common.save_grid(fixed_fake, snapshot)
 
     # Save the trained model: the generator alone (the chapter's parameters_netG.pt)
-    common.save_checkpoint(netG.state_dict(), os.path.join(args.out, "netG.pt"))
+    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
 
     # §12.4.5 Results
     # Loss versus training iteration

@@ -6,6 +6,7 @@
     python 03_cgan.py --generate 100                    # ten of each class, one row per class
     python 03_cgan.py --dataset fashion-mnist           # the same model on clothing classes
     python 03_cgan.py --dataset folder --dataroot my_labelled_images   # classes = sub-folders
+    torchrun --nproc_per_node=4 03_cgan.py              # 4 GPUs (README, "More than one GPU")
 
 A run writes into runs/03_cgan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
@@ -165,6 +166,7 @@ def label_tables(num_classes, image_size, device):
 # mode a batch of only 7s would be normalised with its own statistics, unlike any batch G was
 # trained on, and --labels 7 would draw worse 7s than the grid does.
 def sample(netG, noise, y_label):
+    netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     training = netG.training
     netG.eval()
     with torch.no_grad():
@@ -185,6 +187,10 @@ def main(argv=None):
                               "mps" if torch.backends.mps.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
+    # GPU. Started without torchrun, nothing changes.
+    world = common.init_processes(device)
+    device = world.device
     # Every batch but an epoch's last has the same shape: let cuDNN time its algorithms once
     cudnn.benchmark = device.type == "cuda"
     print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
@@ -205,13 +211,14 @@ def main(argv=None):
     # Create the dataloader: the chapter's shuffled batches, the last one smaller (MNIST: 96
     # images), as the chapter has it. The sampler shuffles by (seed, epoch) so that a resumed
     # run can pick up an epoch where it stopped.
-    sampler = common.EpochSampler(dataset, args.seed)
+    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
     dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                              num_workers=args.workers,
                                              **common.loader_options(device, args.workers))
     batches = len(dataloader)  # per epoch
     print(f"Dataset: {args.dataset}, {len(dataset)} images in {num_classes} classes, {batches} "
           f"batches of {args.batch_size} per epoch")
+    world.say_batch(args.batch_size)
 
     # Plot some training images
     real_batch = next(iter(dataloader))
@@ -224,6 +231,8 @@ def main(argv=None):
     netD = Discriminator(nc, args.ndf, num_classes).to(device)
     netD.apply(weights_init)
     print(netD)
+    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
+    netG, netD = world.wrap(netG), world.wrap(netD)
 
     # The fixed noise: a grid with one row per class and ten columns; row i draws class i, and
     # the ten z of a row are the same in every row, so that a column holds one "style" (stroke
@@ -252,6 +261,7 @@ def main(argv=None):
         iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
                                optimizerG=optimizerG, optimizerD=optimizerD)
         fixed_noise = ckpt["fixed_noise"].to(device)
+    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
     start_epoch, start_i = common.start_point(args, iters, batches)
 
     # Lists to keep track of progress: every iteration's losses and D outputs (losses.csv)
@@ -270,7 +280,7 @@ def main(argv=None):
     speed = common.IterRate(iters)
     fixed_fake = None  # G's latest output on fixed_noise
     stop = False
-    with common.Interrupt() as interrupt, common.nan_guard(args.out):
+    with common.Interrupt(world) as interrupt, common.nan_guard(args.out):
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch, start=start_i * args.batch_size)
             # For each batch in the dataloader
@@ -359,7 +369,7 @@ def main(argv=None):
                 common.save_grid(fixed_fake, snapshot, nrow=10)
 
     # Save the trained model: the generator alone
-    common.save_checkpoint(netG.state_dict(), os.path.join(args.out, "netG.pt"))
+    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
 
     # Results: the loss plot, G's progression, real beside fake
     G_losses, D_losses = history.column("Loss_G"), history.column("Loss_D")

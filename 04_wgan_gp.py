@@ -9,6 +9,7 @@ code of the tutorial 002 and Gulrajani et al.'s Algorithm 1.
     python 04_wgan_gp.py --dataset celeba --image-size 64  # the same recipe on faces
     python 04_wgan_gp.py --clip 0.01                       # the original WGAN: weight clipping, no penalty
     python 04_wgan_gp.py --generate 64 --checkpoint runs/04_wgan_gp-mnist/checkpoint.pt
+    torchrun --nproc_per_node=4 04_wgan_gp.py --dataset celeba --image-size 64  # 4 GPUs (README)
 
 A run writes into runs/04_wgan_gp-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
@@ -150,6 +151,7 @@ def gradient_penalty(critic, real, fake):
 # Samples for the snapshots and --generate: G's BatchNorm in eval mode, so that each image
 # depends on its own z only (README, "Sampling: BatchNorm in eval mode")
 def sample(netG, noise):
+    netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     training = netG.training
     netG.eval()
     with torch.no_grad():
@@ -182,6 +184,10 @@ def main(argv=None):
                               "mps" if torch.backends.mps.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
+    # GPU. Started without torchrun, nothing changes.
+    world = common.init_processes(device)
+    device = world.device
     cudnn.benchmark = device.type == "cuda"  # one batch shape: cuDNN may pick its algorithms once
     print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
 
@@ -196,7 +202,7 @@ def main(argv=None):
     nc = channels(args.dataset)
     dataset = get_dataset(args, nc)
     # drop_last: every batch full, so that G's BatchNorm never sees a batch of one
-    sampler = common.EpochSampler(dataset, args.seed)
+    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
     dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                              num_workers=args.workers, drop_last=True,
                                              **common.loader_options(device, args.workers))
@@ -209,6 +215,7 @@ def main(argv=None):
     print(f"Dataset: {args.dataset}, {len(dataset)} images of {nc}x{args.image_size}x{args.image_size}, "
           f"{len(dataloader)} batches of {args.batch_size} per epoch: {iterations} iterations of "
           f"{args.n_critic} critic steps + 1 G step")
+    world.say_batch(args.batch_size)
 
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
@@ -217,6 +224,8 @@ def main(argv=None):
     print(netG)
     netD = Critic(nc, args.image_size).to(device)  # the critic keeps the chapter's name, D
     print(netD)
+    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
+    netG, netD = world.wrap(netG), world.wrap(netD)
 
     fixed_noise = torch.randn(64, args.nz, device=device)
     if args.clip:
@@ -235,6 +244,7 @@ def main(argv=None):
         iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
                                optimizerG=optimizerG, optimizerD=optimizerD)
         fixed_noise = ckpt["fixed_noise"].to(device)
+    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
     start_epoch, start_i = common.start_point(args, iters, iterations)
 
     history = common.History(os.path.join(args.out, "losses.csv"), ["Loss_C", "Loss_G", "W", "GP"],
@@ -251,7 +261,7 @@ def main(argv=None):
     fixed_fake = None
     stop = False
     no_penalty = torch.zeros((), device=device)
-    with common.Interrupt() as interrupt:
+    with common.Interrupt(world) as interrupt:
         for epoch in range(start_epoch, args.epochs):
             sampler.set_epoch(epoch, start=start_i * args.n_critic * args.batch_size)
             batches = iter(dataloader)
@@ -318,7 +328,7 @@ def main(argv=None):
                 fixed_fake = sample(netG, fixed_noise)
                 common.save_grid(fixed_fake, snapshot)
 
-    common.save_checkpoint(netG.state_dict(), os.path.join(args.out, "netG.pt"))
+    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
 
     # Results: W, the number that tracks quality (it should fall as G improves), beside the losses
     common.plot_losses({"W = D(x) - D(G(z))": history.column("W"), "critic": history.column("Loss_C"),

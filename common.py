@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import csv
 import glob
+import itertools
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from urllib.error import URLError
 
 import torch
+import torch.distributed as dist
 import torch.utils.data
 import torchvision.datasets as dset
 import torchvision.utils as vutils
@@ -52,6 +54,9 @@ def cli(main, argv=None):
         sys.exit(f"error: {msg}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     sys.exit(status)
 
 
@@ -293,31 +298,38 @@ def load_dataset(name, dataroot, transform, image_shape):
                                              files=DOWNLOAD_FILES[name])) from None
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """shuffle=True whose order depends only on (seed, epoch), as DistributedSampler's does.
+class EpochSampler(torch.utils.data.distributed.DistributedSampler):
+    """shuffle=True whose order depends only on (seed, epoch): DistributedSampler, which also
+    gives each torchrun process its own shard of that order (rank, rank + world, ...).
 
-    set_epoch(epoch, start) skips the first `start` indices of that epoch's order without loading
-    them, so a run resumed in the middle of an epoch sees exactly the batches it had not seen.
+    set_epoch(epoch, start) also skips this process's first `start` indices of that epoch
+    without loading them, so a run resumed in the middle of an epoch sees exactly the batches
+    it had not seen. Alone (world 1) the order is torch.randperm(n) seeded with seed + epoch.
     """
 
-    def __init__(self, dataset, seed):
-        self.n, self.seed, self.epoch, self.start = len(dataset), seed, 0, 0
+    def __init__(self, dataset, seed, world=None):
+        rank, size = (world.rank, world.size) if world else (0, 1)
+        # drop_last: every process gets n // size indices, so all run the same number of steps
+        super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.start = 0
 
     def set_epoch(self, epoch, start=0):
-        self.epoch, self.start = epoch, start
+        super().set_epoch(epoch)
+        self.start = start
 
     def __iter__(self):
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        return itertools.islice(super().__iter__(), self.start, None)
 
     def __len__(self):
-        return self.n - self.start
+        return self.num_samples - self.start
 
 
 def _worker_init(worker_id):
-    # Ctrl-C reaches the whole process group. The main process finishes its iteration and saves;
-    # a worker that died of the same signal would leave it waiting for a batch that never comes.
+    # Ctrl-C reaches the whole process group (under torchrun too, which passes it on). The main
+    # process finishes its iteration and saves; a worker that died of the same signal would leave
+    # it without the batch it is waiting for. (SIGTERM stays: the DataLoader ends stuck workers
+    # with it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -331,17 +343,97 @@ def loader_options(device, workers):
 
 
 # ---------------------------------------------------------------------------------------------
+# Several processes: torchrun (README, "More than one GPU")
+# ---------------------------------------------------------------------------------------------
+_MAIN = True  # False in torchrun's processes other than rank 0: they write no file and print nothing
+_WORLD = None  # this process's World once it has joined torchrun's group
+
+
+class World:
+    """This process's place among torchrun's: rank, size and its device. Alone: rank 0 of 1."""
+
+    def __init__(self, device, rank=0, size=1, flags=None):
+        self.device, self.rank, self.size, self._flags = device, rank, size, flags
+
+    def wrap(self, model):
+        """DistributedDataParallel under torchrun: each backward averages the gradients of all
+        processes, so their copies of the model take the same steps. Alone: the model itself."""
+        if self._flags is None:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def say_batch(self, batch_size):
+        if self.size > 1:
+            print(f"torchrun: {self.size} processes, each on its own shard of the data with "
+                  f"batches of {batch_size}: a global batch of {self.size * batch_size}")
+
+    def seed_noise(self, seed, iters):
+        """Rank r > 0 draws its own noise from seed + r (and, on resume, the iterations done, so
+        that it does not draw again what it drew before); rank 0 keeps the run's generator."""
+        if self.rank > 0:
+            torch.manual_seed(seed + self.rank + 1000003 * iters)
+
+    def any(self, flag):
+        """True on every process if it is true on one (a CPU collective: no GPU sync)."""
+        if self._flags is None:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flags)
+        return bool(t.item())
+
+
+def unwrap(model):
+    """The model inside DistributedDataParallel (what checkpoints hold and rank 0 samples with)."""
+    return getattr(model, "module", model)
+
+
+def init_processes(device):
+    """Join torchrun's process group when its environment is there; returns the World.
+
+    Each process takes the GPU of its LOCAL_RANK (NCCL), or stays on the CPU (Gloo).
+    Without torchrun nothing happens: no process group, no wrappers."""
+    global _MAIN, _WORLD
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return World(device)
+    if _WORLD is not None:  # main() called again in this process (tests, notebooks)
+        return _WORLD
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} "
+                            f"processes on this machine and it has {gpus} GPU(s): pass "
+                            f"--nproc_per_node={gpus} (or fewer)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type == "mps":
+        raise UserError("torchrun with --device mps: PyTorch has no multi-process backend for "
+                        "Apple GPUs; use --device cpu, or run one process without torchrun")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # Ctrl-C is agreed on over the CPU (Gloo), so checking it never waits for the GPU
+    flags = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    _WORLD = World(device, dist.get_rank(), dist.get_world_size(), flags)
+    if _WORLD.rank > 0:
+        _MAIN = False
+        sys.stdout = open(os.devnull, "w")  # rank 0 alone prints (errors still go to stderr)
+    return _WORLD
+
+
+# ---------------------------------------------------------------------------------------------
 # The run: folder, interrupts, loss history
 # ---------------------------------------------------------------------------------------------
 def prepare_out(out, resume_iters=None):
     """Create the run folder. A new run refuses a folder that holds a checkpoint (it would be
     overwritten); snapshots of a previous attempt that the checkpoint does not cover are removed,
     so progress.gif shows this run only."""
-    os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "checkpoint.pt")
     if resume_iters is None and os.path.exists(ckpt):
         raise UserError(f"{out} already holds a run's checkpoint.pt. Continue it with --resume "
                         f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {out})")
+    if not _MAIN:
+        return
+    os.makedirs(out, exist_ok=True)
     for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
         if resume_iters is None or _snapshot_iter(path) >= resume_iters:
             os.remove(path)
@@ -352,28 +444,38 @@ def _snapshot_iter(path):
 
 
 class Interrupt:
-    """Ctrl-C sets `requested`; the loop finishes its iteration, saves and stops.
-    A second Ctrl-C stops at once (KeyboardInterrupt)."""
+    """Ctrl-C (or SIGTERM, from torchrun or a job scheduler) sets `requested`; the loop finishes
+    its iteration, saves and stops. A second Ctrl-C stops at once (KeyboardInterrupt).
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+    Under torchrun every process reads `requested` at the same point of each iteration, and it is
+    true on all of them as soon as one got the signal: they stop at the same iteration, and none
+    waits forever for the others."""
+
+    def __init__(self, world=None):
+        self._local, self._world, self._previous = False, world, {}
+
+    @property
+    def requested(self):
+        return self._world.any(self._local) if self._world else self._local
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this iteration, then saving a checkpoint "
-              "(press Ctrl-C again to quit without saving)", flush=True)
+        if self._local:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self._local = True
+        print(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this iteration, "
+              "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class History:
@@ -387,8 +489,9 @@ class History:
     def __init__(self, path, columns, rows=()):
         self.path, self.columns = path, ["epoch", "i", "iters"] + list(columns)
         self.rows, self._pending = [list(r) for r in rows], []
-        with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerows([self.columns] + self.rows)
+        if _MAIN:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows([self.columns] + self.rows)
 
     def append(self, epoch, i, iters, *values):
         self._pending.append(([epoch, i, iters], torch.stack(values).detach()))
@@ -400,8 +503,9 @@ class History:
             new = [k + v for (k, _), v in zip(self._pending, values)]
             self._pending = []
             self.rows += new
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerows(new)
+            if _MAIN:
+                with open(self.path, "a", newline="") as f:
+                    csv.writer(f).writerows(new)
             bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
             if bad is not None:
                 values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
@@ -473,7 +577,10 @@ def set_rng_state(state, device):
 
 
 def save_checkpoint(ckpt, path):
-    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact."""
+    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact.
+    Under torchrun, rank 0 alone writes."""
+    if not _MAIN:
+        return
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         torch.save(ckpt, f)
@@ -523,7 +630,8 @@ def save_training(path, script, args, iters, history, device, **state):
     save_checkpoint({
         "script": script, "args": vars(args), "iters": iters, "history": history.rows,
         "rng": rng_state(device),
-        **{name: x.state_dict() if hasattr(x, "state_dict") else x for name, x in state.items()},
+        **{name: unwrap(x).state_dict() if hasattr(x, "state_dict") else x
+           for name, x in state.items()},
     }, path)
 
 
@@ -532,7 +640,7 @@ def restore(ckpt, path, device, **state):
     names it was saved under) and the random generators; returns the iterations done."""
     for name, x in state.items():
         if isinstance(x, torch.nn.Module):
-            load_state(x, ckpt[name], name, path)
+            load_state(unwrap(x), ckpt[name], name, path)
         else:
             x.load_state_dict(ckpt[name])
     set_rng_state(ckpt["rng"], device)
@@ -556,11 +664,14 @@ def start_point(args, iters, per_epoch):
 def save_grid(images, path, nrow=8, padding=2):
     """Images in [-1, 1] (Tanh, Normalize(0.5, 0.5)) as a PNG grid. A fixed range, not the
     batch's min and max, so that one image's brightness never depends on the others."""
-    vutils.save_image(images, path, nrow=nrow, padding=padding, normalize=True, value_range=(-1, 1))
+    if _MAIN:
+        vutils.save_image(images, path, nrow=nrow, padding=padding, normalize=True, value_range=(-1, 1))
 
 
 def save_real_vs_fake(real, fake, path, fake_nrow=8):
     """§12.4.5 "Real Images vs. Fake Images": the two grids side by side, a white gap between."""
+    if not _MAIN:
+        return
     a = vutils.make_grid(real, padding=2, normalize=True, value_range=(-1, 1))
     b = vutils.make_grid(fake, nrow=fake_nrow, padding=2, normalize=True, value_range=(-1, 1))
     h = max(a.shape[1], b.shape[1])
@@ -572,7 +683,7 @@ def save_real_vs_fake(real, fake, path, fake_nrow=8):
 def write_gif(out, path):
     """§12.4.5's animation of G's progression, as a file: every fake_samples_*.png in order."""
     files = sorted(glob.glob(os.path.join(out, "fake_samples_*.png")), key=_snapshot_iter)
-    if not files:
+    if not files or not _MAIN:
         return
     frames = [Image.open(f).convert("RGB") for f in files]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000, loop=0)
@@ -584,6 +695,8 @@ _said_no_matplotlib = False
 def plot_losses(curves, title, path):
     """The chapter's loss plot (§12.4.5) where matplotlib is installed; it is optional."""
     global _said_no_matplotlib
+    if not _MAIN:
+        return False
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -7,6 +7,8 @@ tiny networks and a tiny fake dataset so that the whole suite stays fast on 2 CP
 import csv
 import importlib
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -91,3 +93,16 @@ def assert_same_run(a, b):
         for k in ca[net]:
             assert torch.equal(ca[net][k], cb[net][k]), (net, k)
     assert read_csv(a / "losses.csv") == read_csv(b / "losses.csv")
+
+
+def ctrl_c(cmd, env=None):
+    """Start cmd in its own session, press Ctrl-C once its log shows iteration 2 (SIGINT to the
+    process group, as a terminal sends it); returns (exit status, stdout, stderr)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    for line in p.stdout:  # wait until training runs
+        if line.startswith("[0/5][2/"):
+            break
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    return p.returncode, stdout, stderr

@@ -1,6 +1,5 @@
 """02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
 import os
-import signal
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
-from conftest import ROOT, assert_same_run, grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
+from conftest import ROOT, assert_same_run, ctrl_c, grid_size, load, load_script, make_images, png_size, read_csv, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 
@@ -162,14 +161,8 @@ def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "02_dcgan.py", "--dataset", "fake", "--ngf", "8", "--ndf", "8",
            "--batch-size", "8", "--workers", "2", "--log-every", "1", "--out", str(out)]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    for line in p.stdout:  # wait until training runs
-        if line.startswith("[0/5][2/"):
-            break
-    os.killpg(p.pid, signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 130, stderr
+    returncode, stdout, stderr = ctrl_c(cmd)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stdout
     ckpt = load(out / "checkpoint.pt")
     assert 3 <= ckpt["iters"] < 125 * 5

@@ -1,0 +1,43 @@
+"""One torchrun process of tests/test_ddp.py: scripts' main() with each rank's outputs kept apart.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py \
+        DUMP '[["name", "02_dcgan", [flags...]], ...]'
+
+The jobs run one after the other in the same processes (one start-up of torch for all). Job
+NAME runs in DUMP/NAME/rank<r>/, so a relative --out lands there and the test sees which process
+wrote what; after its main() returns, the parameters of the models the script wrapped go to
+DUMP/NAME/rank<r>.pt, so the test can compare the processes' copies.
+"""
+import importlib
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+
+dump, jobs = sys.argv[1], json.loads(sys.argv[2])
+rank = int(os.environ["RANK"])
+common.FAKE_SIZE = int(os.environ.get("FAKE_SIZE", common.FAKE_SIZE))
+torch.set_num_threads(1)  # two processes on a 2-core machine
+
+wrapped = []
+wrap = common.World.wrap
+common.World.wrap = lambda self, model: wrapped.append(wrap(self, model)) or wrapped[-1]
+
+for name, script, argv in jobs:
+    wrapped.clear()
+    here = os.path.join(dump, name, f"rank{rank}")
+    os.makedirs(here, exist_ok=True)
+    os.chdir(here)
+    status = importlib.import_module(script).main(argv)
+    torch.save({"status": status, "types": [type(m).__name__ for m in wrapped],
+                "params": [{k: v.detach().cpu() for k, v in common.unwrap(m).named_parameters()}
+                           for m in wrapped]},
+               os.path.join(dump, name, f"rank{rank}.pt"))
+dist.destroy_process_group()

@@ -1,0 +1,156 @@
+"""torchrun: two CPU processes (Gloo) for each script, started as a user starts them.
+
+Each run goes through tests/ddp_worker.py, which keeps each rank's files apart and saves its
+copy of the parameters, so that "rank 0 alone writes" and "the copies stay identical" are checked
+on what the processes really did.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, ctrl_c, load, load_script, read_csv
+
+import common
+
+SCRIPTS = {  # tiny networks where the script has the flags
+    "01_mlp_gan": ["--k", "2"],
+    "02_dcgan": ["--ngf", "8", "--ndf", "8"],
+    "03_cgan": ["--ngf", "8", "--ndf", "8"],
+    "04_wgan_gp": ["--n-critic", "2"],
+}
+FLAGS = ["--dataset", "fake", "--device", "cpu", "--batch-size", "4", "--workers", "0",
+         "--max-steps", "3", "--out", "run"]
+OUTPUTS = ["real_samples.png", "fake_samples_000000.png", "fake_samples_000002.png", "progress.gif",
+           "real_vs_fake.png", "losses.csv", "checkpoint.pt", "netG.pt"]
+
+
+def torchrun_cmd(dump, jobs):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
+
+
+ENV = dict(os.environ, FAKE_SIZE="32", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One torchrun start for all the jobs (starting torch twice is most of the time): the four
+    scripts from scratch, and 02 resuming a checkpoint that one process wrote."""
+    dump = tmp_path_factory.mktemp("ddp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "FAKE_SIZE", 32)
+        one = dump / "one"
+        assert load_script("02_dcgan").main([*FLAGS[:-4], *SCRIPTS["02_dcgan"], "--max-steps", "2",
+                                             "--out", str(one)]) == 0
+    jobs = [[script, script, [*FLAGS, *flags]] for script, flags in SCRIPTS.items()]
+    jobs.append(["resume", "02_dcgan", ["--resume", str(one / "checkpoint.pt"), "--device", "cpu",
+                                        "--max-steps", "4"]])
+    r = subprocess.run(torchrun_cmd(dump, jobs), cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dump, r.stdout
+
+
+def ranks_of(dump, job):
+    return [load(dump / job / f"rank{k}.pt") for k in (0, 1)]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_two_processes_train_one_model(runs, script):
+    dump, stdout = runs
+    ranks = ranks_of(dump, script)
+    for rank in ranks:
+        assert rank["status"] == 0
+        assert rank["types"] == ["DistributedDataParallel"] * 2  # netG and netD (critic)
+    # Each rank drew its own noise from its own shard of the data; the gradients were averaged,
+    # so after 3 iterations the two copies of G and of D are still bit for bit the same
+    for model0, model1 in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert model0.keys() == model1.keys()
+        for name in model0:
+            assert torch.equal(model0[name], model1[name]), name
+    # Rank 0 alone wrote files and printed
+    assert os.listdir(dump / script / "rank1") == []
+    out = dump / script / "rank0" / "run"
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    assert len(read_csv(out / "losses.csv")) == 3
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 1  # once per job, not twice
+    assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
+    # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
+    ckpt = load(out / "checkpoint.pt")
+    assert not any(k.startswith("module.") for k in list(ckpt["netG"]) + list(ckpt["netD"]))
+    assert set(ckpt["netG"]) >= set(ranks[0]["params"][0])
+
+
+def test_checkpoints_move_between_one_and_two_processes(runs):
+    dump, _ = runs
+    # one process did 2 iterations, then two processes went on to 4, in the same folder
+    one = dump / "one"
+    assert [r["status"] for r in ranks_of(dump, "resume")] == [0, 0]
+    assert load(one / "checkpoint.pt")["iters"] == 4 and len(read_csv(one / "losses.csv")) == 4
+    # and the checkpoint of the two-process run goes on in one process
+    two = dump / "02_dcgan" / "rank0" / "run" / "checkpoint.pt"
+    assert load_script("02_dcgan").main(["--resume", str(two), "--device", "cpu",
+                                         "--max-steps", "5"]) == 0
+    assert load(two)["iters"] == 5
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
+def test_ctrl_c_stops_both_processes_at_the_same_iteration(tmp_path):
+    """Ctrl-C reaches torchrun, which passes it on to each process: they agree on where to stop
+    (neither waits for the other forever), and rank 0 saves."""
+    flags = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf", "8"]
+    env = {k: v for k, v in ENV.items() if k != "FAKE_SIZE"}  # 1000 images: time to press Ctrl-C
+    _, stdout, stderr = ctrl_c(torchrun_cmd(tmp_path, [["job", "02_dcgan", flags]]), env)
+    assert "Go on with" in stdout, stdout + stderr
+    ranks = ranks_of(tmp_path, "job")
+    assert [r["status"] for r in ranks] == [130, 130]
+    ckpt = load(tmp_path / "job" / "rank0" / "run" / "checkpoint.pt")
+    assert ckpt["iters"] >= 3
+    assert len(read_csv(tmp_path / "job" / "rank0" / "run" / "losses.csv")) == ckpt["iters"]
+    for name, value in ranks[1]["params"][0].items():
+        assert torch.equal(value, ranks[0]["params"][0][name])
+
+
+def test_each_process_reads_its_own_shard():
+    data = list(range(11))
+    alone = common.EpochSampler(data, seed=5)
+    alone.set_epoch(3)
+    g = torch.Generator()
+    g.manual_seed(5 + 3)
+    assert list(alone) == torch.randperm(11, generator=g).tolist()  # shuffle by (seed, epoch)
+    shards = []
+    for rank in (0, 1):
+        sampler = common.EpochSampler(data, seed=5, world=common.World(torch.device("cpu"), rank, 2))
+        sampler.set_epoch(3)
+        shards.append(list(sampler))
+        assert len(sampler) == 5  # 11 // 2: both processes take the same number of steps
+    assert not set(shards[0]) & set(shards[1])
+    assert shards[0] + shards[1] != list(alone) and sorted(shards[0] + shards[1]) == sorted(list(alone)[:10])
+    # a resumed epoch skips what this process had already read
+    sampler = common.EpochSampler(data, seed=5, world=common.World(torch.device("cpu"), 1, 2))
+    sampler.set_epoch(3, start=2)
+    assert list(sampler) == shards[1][2:] and len(sampler) == 3
+
+
+def test_more_cuda_processes_than_gpus(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(common.UserError, match="torchrun started 4 processes on this machine and "
+                                               "it has 2 GPU"):
+        common.init_processes(torch.device("cuda"))
+
+
+def test_alone_nothing_changes(monkeypatch):
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    world = common.init_processes(torch.device("cpu"))
+    model = torch.nn.Linear(2, 2)
+    assert world.rank == 0 and world.size == 1 and world.wrap(model) is model
+    assert not torch.distributed.is_initialized()
