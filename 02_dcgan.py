@@ -33,6 +33,7 @@ parser = common.make_parser(
     dataset="celeba",    # the chapter's faces, in <dataroot>/celeba/img_align_celeba/
     dataroot="data",     # Root directory for dataset
     workers=2,           # Number of workers for dataloader
+    amp=False,           # --amp: bfloat16 forward passes (not in the chapter; README, Speed)
     batch_size=128,      # Batch size during training
     nz=100,              # Size of z latent vector (i.e. size of generator input)
     ngf=64,              # Size of feature maps in generator (§12.4.6 doubles it: 128)
@@ -220,6 +221,9 @@ def main(argv=None):
     netD = Discriminator(nc, args.ndf).to(device)
     netD.apply(weights_init)
     print(netD)
+    # channels_last: the pixels' channels side by side in memory, the layout in which oneDNN (CPU)
+    # and cuDNN (tensor cores) run convolutions fastest. The same numbers, in another order.
+    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
     # torchrun: DistributedDataParallel averages the gradients of all processes in backward
     netG, netD = world.wrap(netG), world.wrap(netD)
 
@@ -241,6 +245,9 @@ def main(argv=None):
     # Setup Adam optimizers for both G and D
     optimizerD = optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
     optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    # --amp: the forward passes below in bfloat16; the losses in float32 (BCELoss on bfloat16
+    # probabilities is not autocast-safe). Without --amp, `with amp:` does nothing.
+    amp = common.autocast(device, args.amp)
 
     iters = 0
     if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
@@ -277,12 +284,13 @@ def main(argv=None):
                 ## Train with all-real batch
                 netD.zero_grad()
                 # Format batch
-                real_cpu = data[0].to(device, non_blocking=True)
+                real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
                 b_size = real_cpu.size(0)
                 # Forward pass real batch through D
-                output = netD(real_cpu).view(-1)
+                with amp:
+                    output = netD(real_cpu).view(-1)
                 # Calculate loss on all-real batch: -log(D(x)), Eq. (3) with y = 1
-                errD_real = criterion(output, real_labels)
+                errD_real = criterion(output.float(), real_labels)
                 # Calculate gradients for D in backward pass
                 errD_real.backward()
                 D_x = output.mean()
@@ -290,13 +298,14 @@ def main(argv=None):
                 ## Train with all-fake batch
                 # Generate batch of latent vectors
                 noise = torch.randn(b_size, args.nz, 1, 1, device=device)
-                # Generate fake image batch with G
-                fake = netG(noise)
-                # Classify all fake batch with D. detach(): this step trains D, so the
-                # gradient stops at the fake images instead of flowing on into G
-                output = netD(fake.detach()).view(-1)
+                with amp:
+                    # Generate fake image batch with G
+                    fake = netG(noise)
+                    # Classify all fake batch with D. detach(): this step trains D, so the
+                    # gradient stops at the fake images instead of flowing on into G
+                    output = netD(fake.detach()).view(-1)
                 # Calculate D's loss on the all-fake batch: -log(1 - D(G(z))), Eq. (3) with y = 0
-                errD_fake = criterion(output, fake_labels)
+                errD_fake = criterion(output.float(), fake_labels)
                 # Calculate the gradients for this batch, accumulated (summed) with the previous
                 errD_fake.backward()
                 D_G_z1 = output.mean()
@@ -310,11 +319,12 @@ def main(argv=None):
                 ###########################
                 netG.zero_grad()
                 # Since we just updated D, perform another forward pass of all-fake batch through D
-                output = netD(fake).view(-1)
+                with amp:
+                    output = netD(fake).view(-1)
                 # fake labels are real for generator cost: BCE with y = 1 is -log(D(G(z))), the
                 # non-saturating loss. Minimising log(1 - D(G(z))) as Eq. (1) has it gives G
                 # almost no gradient while D still wins easily (§12.3 D).
-                errG = criterion(output, real_labels)
+                errG = criterion(output.float(), real_labels)
                 # Calculate gradients for G
                 errG.backward()
                 D_G_z2 = output.mean()

@@ -33,6 +33,7 @@ parser = common.make_parser(
     dataset="mnist",
     dataroot="data",     # Root directory for dataset
     workers=2,           # Number of workers for dataloader
+    amp=False,           # --amp: bfloat16 forward passes (not in the chapter; README, Speed)
     batch_size=128,      # Batch size during training
     nz=100,              # Size of z latent vector (i.e. size of generator input)
     ngf=128,             # Size of feature maps in generator
@@ -231,6 +232,9 @@ def main(argv=None):
     netD = Discriminator(nc, args.ndf, num_classes).to(device)
     netD.apply(weights_init)
     print(netD)
+    # channels_last: the pixels' channels side by side in memory, the layout in which oneDNN (CPU)
+    # and cuDNN (tensor cores) run convolutions fastest. The same numbers, in another order.
+    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
     # torchrun: DistributedDataParallel averages the gradients of all processes in backward
     netG, netD = world.wrap(netG), world.wrap(netD)
 
@@ -255,6 +259,9 @@ def main(argv=None):
     # Setup Adam optimizers for both G and D
     optimizerD = optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
     optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    # --amp: the forward passes below in bfloat16; the losses in float32 (BCELoss on bfloat16
+    # probabilities is not autocast-safe). Without --amp, `with amp:` does nothing.
+    amp = common.autocast(device, args.amp)
 
     iters = 0
     if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
@@ -291,11 +298,12 @@ def main(argv=None):
                 ###########################
                 ## Train with all-real batch, each image with its own label's maps
                 netD.zero_grad()
-                real_cpu = data[0].to(device, non_blocking=True)
+                real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
                 b_size = real_cpu.size(0)
                 y_fill_ = fill[data[1].to(device, non_blocking=True)]   # b_size x classes x 32 x 32
-                output = netD(real_cpu, y_fill_).view(-1)
-                errD_real = criterion(output, y_real_[:b_size])          # -log D(x|y)
+                with amp:
+                    output = netD(real_cpu, y_fill_).view(-1)
+                errD_real = criterion(output.float(), y_real_[:b_size])  # -log D(x|y)
                 errD_real.backward()
                 D_x = output.mean()
 
@@ -304,10 +312,11 @@ def main(argv=None):
                 y_ = torch.randint(num_classes, (b_size,), device=device)
                 y_label_ = onehot[y_]                                   # b_size x classes x 1 x 1
                 y_fill_ = fill[y_]
-                fake = netG(z_, y_label_)
-                # detach(): this step trains D; the gradient stops at the fake images
-                output = netD(fake.detach(), y_fill_).view(-1)
-                errD_fake = criterion(output, y_fake_[:b_size])         # -log(1 - D(G(z|y)|y))
+                with amp:
+                    fake = netG(z_, y_label_)
+                    # detach(): this step trains D; the gradient stops at the fake images
+                    output = netD(fake.detach(), y_fill_).view(-1)
+                errD_fake = criterion(output.float(), y_fake_[:b_size])  # -log(1 - D(G(z|y)|y))
                 errD_fake.backward()
                 D_G_z1 = output.mean()
                 # Add the gradients from the all-real and all-fake batches
@@ -324,10 +333,11 @@ def main(argv=None):
                 y_ = torch.randint(num_classes, (b_size,), device=device)
                 y_label_ = onehot[y_]
                 y_fill_ = fill[y_]
-                fake = netG(z_, y_label_)
-                output = netD(fake, y_fill_).view(-1)
+                with amp:
+                    fake = netG(z_, y_label_)
+                    output = netD(fake, y_fill_).view(-1)
                 # fake labels are real for generator cost: -log D(G(z|y)|y), the non-saturating loss
-                errG = criterion(output, y_real_[:b_size])
+                errG = criterion(output.float(), y_real_[:b_size])
                 errG.backward()
                 D_G_z2 = output.mean()
                 # Update G

@@ -1,4 +1,5 @@
 """04_wgan_gp.py: the gradient penalty, the critic, clipping, n_critic, and the run end to end."""
+import copy
 import os
 
 import pytest
@@ -94,6 +95,25 @@ def test_networks():
     d = (16 * 64 + 64) + (64 * 128 * 16 + 128) + (128 * 49 + 1)
     assert sum(p.numel() for p in netG.parameters()) == g
     assert sum(p.numel() for p in netD.parameters()) == d
+
+
+def saturated(netG):
+    """The share of G's pixels (train mode, MNIST sizes) that the Tanh has pinned near ±1."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return (netG(torch.randn(64, 100)).abs() > 0.9).float().mean().item()
+
+
+def test_G_does_not_start_saturated(tmp_path, monkeypatch):
+    """With PyTorch's default ConvTranspose2d init half of G's pixels start pinned at ±1, where the
+    Tanh passes no gradient; the script's weights_init starts them all in the Tanh's live range."""
+    torch.manual_seed(0)
+    assert saturated(wgan.Generator(100, 1, 28)) > 0.3  # PyTorch's default: the trap
+    models = []  # the models as main() builds them, caught before any training step
+    monkeypatch.setattr(wgan.common.World, "wrap", lambda self, m: models.append(copy.deepcopy(m)) or m)
+    train(tmp_path / "run", "--max-steps", 1, "--image-size", 28)
+    assert isinstance(models[0], wgan.Generator) and saturated(models[0]) < 0.01
+    assert models[0].conv[3].weight.std() < 0.025  # N(0, 0.02)
 
 
 def test_a_run_writes_every_output(tmp_path, capsys):

@@ -1,0 +1,147 @@
+"""The speed features (README, Speed): channels_last, --amp, the in-memory datasets.
+
+Speed itself is measured by benchmarks/step_time.py, not here: these tests check that the
+faster paths compute the same thing.
+"""
+import copy
+
+import pytest
+import torch
+import torchvision.datasets as dset
+import torchvision.transforms as transforms
+
+import common
+from conftest import load_script, read_csv
+
+CONV = {  # script: tiny flags
+    "02_dcgan": ["--ngf", "8", "--ndf", "8"],
+    "03_cgan": ["--ngf", "8", "--ndf", "8"],
+    "04_wgan_gp": ["--n-critic", "2"],
+}
+
+
+def tiny_models(name):
+    """(netG, netD, G's inputs, a real batch and D's extra inputs) of a conv script."""
+    torch.manual_seed(0)
+    m = load_script(name)
+    if name == "02_dcgan":
+        netG, netD = m.Generator(16, 8, 3), m.Discriminator(3, 8)
+        netG.apply(m.weights_init), netD.apply(m.weights_init)
+        return netG, netD, (torch.randn(4, 16, 1, 1),), torch.randn(4, 3, 64, 64), ()
+    if name == "03_cgan":
+        netG, netD = m.Generator(16, 8, 1, 10), m.Discriminator(1, 8, 10)
+        netG.apply(m.weights_init), netD.apply(m.weights_init)
+        onehot, fill = m.label_tables(10, 32, torch.device("cpu"))
+        y = torch.tensor([1, 7, 3, 3])
+        return netG, netD, (torch.randn(4, 16, 1, 1), onehot[y]), torch.randn(4, 1, 32, 32), (fill[y],)
+    netG, netD = m.Generator(16, 1, 28), m.Critic(1, 28)
+    return netG, netD, (torch.randn(4, 16),), torch.randn(4, 1, 28, 28), ()
+
+
+def forward_backward(netG, netD, g_in, real, d_extra):
+    """D's output on G's images and on a real batch, and every gradient of both models."""
+    out = netD(netG(*g_in), *d_extra).sum() - netD(real, *d_extra).sum()
+    out.backward()
+    grads = [p.grad.clone() for p in list(netG.parameters()) + list(netD.parameters())]
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("name", CONV)
+def test_channels_last_computes_the_same_numbers(name):
+    netG, netD, g_in, real, d_extra = tiny_models(name)
+    G2, D2 = copy.deepcopy(netG), copy.deepcopy(netD)
+    out, grads = forward_backward(netG, netD, g_in, real, d_extra)
+    G2, D2 = G2.to(memory_format=torch.channels_last), D2.to(memory_format=torch.channels_last)
+    conv_weights = [p for p in list(G2.parameters()) + list(D2.parameters()) if p.dim() == 4]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+    assert any(not w.is_contiguous() for w in conv_weights)  # (one input channel: both layouts)
+    out_cl, grads_cl = forward_backward(G2, D2, g_in, real.contiguous(memory_format=torch.channels_last),
+                                        d_extra)
+    torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-4)
+    # Float rounding differs with the order of the sums: compare against the gradients' scale
+    # (a gradient that should be 0, like a bias before BatchNorm, is rounding noise either way)
+    scale = max(g.abs().max() for g in grads)
+    for g_cl, g in zip(grads_cl, grads):
+        assert (g_cl - g).abs().max() <= 1e-4 * scale
+
+
+def capture_models(monkeypatch):
+    """The models each script passes to world.wrap (after it has laid them out)."""
+    models = []
+    wrap = common.World.wrap
+    monkeypatch.setattr(common.World, "wrap", lambda self, m: models.append(wrap(self, m)) or m)
+    return models
+
+
+@pytest.mark.parametrize("name", CONV)
+def test_the_scripts_train_in_channels_last(name, tmp_path, monkeypatch):
+    models = capture_models(monkeypatch)
+    argv = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "1",
+            "--out", str(tmp_path), *CONV[name]]
+    assert load_script(name).main(argv) == 0
+    conv_weights = [p for m in models for p in m.parameters() if p.dim() == 4]
+    assert len(models) == 2 and conv_weights
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+
+
+def run(name, out, *extra):
+    argv = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "3",
+            "--log-every", "1", "--out", str(out), *CONV[name], *extra]
+    assert load_script(name).main(argv) == 0
+    return read_csv(out / "losses.csv")
+
+
+@pytest.mark.parametrize("name", CONV)
+def test_amp_trains_in_bfloat16_and_stays_close_to_float32(name, tmp_path, monkeypatch, capsys):
+    fp32 = run(name, tmp_path / "fp32")
+    monkeypatch.setattr(common, "_native_bf16", lambda device: True)  # as on a CPU with AVX512-BF16
+    dtypes = set()
+    original = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward",
+                        lambda self, x: dtypes.add(original(self, x).dtype) or original(self, x))
+    amp = run(name, tmp_path / "amp", "--amp")
+    assert "forward passes in bfloat16" in capsys.readouterr().out
+    assert torch.bfloat16 in dtypes  # autocast ran D's convolutions in bfloat16
+    # The first iteration starts from the same weights, data and noise: its numbers differ by
+    # bfloat16 rounding only (8 bits of mantissa), not by a different computation
+    columns = [c for c in fp32[0] if c not in ("epoch", "i", "iters")]
+    for c in columns:
+        a, b = float(fp32[0][c]), float(amp[0][c])
+        assert abs(a - b) <= 0.03 * abs(a) + 0.02, (c, a, b)
+    assert any(float(fp32[0][c]) != float(amp[0][c]) for c in columns)  # it did run in bfloat16
+
+
+def test_amp_without_native_bfloat16_says_so_and_trains_in_float32(tmp_path, monkeypatch, capsys):
+    fp32 = run("02_dcgan", tmp_path / "fp32")
+    monkeypatch.setattr(common, "_native_bf16", lambda device: False)
+    amp = run("02_dcgan", tmp_path / "amp", "--amp")
+    assert "no native bfloat16" in capsys.readouterr().out
+    assert amp == fp32
+
+
+def test_gradient_penalty_in_float32_under_amp(monkeypatch):
+    """04 calls gradient_penalty outside autocast: its double backward runs in float32 even with
+    --amp. Checked against the penalty autocast would compute, to show why."""
+    wgan = load_script("04_wgan_gp")
+    torch.manual_seed(0)
+    critic = wgan.Critic(1, 28)
+    real, fake = torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)
+    torch.manual_seed(1)
+    gp = wgan.gradient_penalty(critic, real, fake)
+    assert gp.dtype == torch.float32
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp_bf16 = wgan.gradient_penalty(critic, real, fake)
+    assert not torch.equal(gp_bf16.float(), gp)  # inside autocast it would be rounded
+
+
+def test_small_datasets_are_transformed_once_into_memory():
+    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
+                                    transforms.Normalize((0.5,), (0.5,))])
+    data = common.load_dataset("fake", "unused", transform, (1, 28, 28))
+    assert isinstance(data, common.InMemory) and len(data) == common.FAKE_SIZE
+    source = dset.FakeData(size=common.FAKE_SIZE, image_size=(1, 28, 28), transform=transform)
+    for k in (0, 5, common.FAKE_SIZE - 1):
+        image, label = source[k]
+        assert torch.equal(data[k][0], image) and data[k][1] == label
+    assert data.classes == [str(c) for c in range(10)]
