@@ -149,6 +149,9 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     add("--nz", "size of the latent vector z", type=_positive_int)
     add("--ngf", "size of the feature maps in the generator", type=_positive_int)
     add("--ndf", "size of the feature maps in the discriminator", type=_positive_int)
+    if "workers" in defaults and defaults["workers"] is None:
+        defaults_said.setdefault("workers", "0 for mnist, fashion-mnist and fake, which are in "
+                                            "memory; else min(4, CPUs)")
     add("--workers", "DataLoader worker processes (0: load in the main process)",
         type=_non_negative_int)
     add("--seed", "random seed", type=int)
@@ -221,6 +224,10 @@ def get_args(parser, argv, script):
                                 "settings)")
     if args.out is None:
         args.out = f"runs/{script}-{args.dataset}"
+    if getattr(args, "workers", 0) is None:
+        # In memory, a batch is an index into one tensor: worker processes would only add the
+        # copying between processes. From disk (JPEG decoding), a few workers keep the model fed.
+        args.workers = 0 if args.dataset in IN_MEMORY else min(4, os.cpu_count() or 1)
     return args, ckpt
 
 
