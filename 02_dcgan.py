@@ -223,7 +223,8 @@ def main(argv=None):
     print(netD)
     # channels_last: the pixels' channels side by side in memory, the layout in which oneDNN (CPU)
     # and cuDNN (tensor cores) run convolutions fastest. The same numbers, in another order.
-    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
+    netG = netG.to(memory_format=torch.channels_last)
+    netD = netD.to(memory_format=torch.channels_last)
     # torchrun: DistributedDataParallel averages the gradients of all processes in backward
     netG, netD = world.wrap(netG), world.wrap(netD)
 
