@@ -1,5 +1,6 @@
 """02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -168,6 +169,24 @@ def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path):
     assert 3 <= ckpt["iters"] < 125 * 5
     assert len(read_csv(out / "losses.csv")) == ckpt["iters"]
     assert (out / "progress.gif").exists() and (out / "netG.pt").exists()
+
+
+def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM (or kill PID) during iteration 2: the run finishes that iteration,
+    saves and stops with status 130, as for the first Ctrl-C."""
+    calls = []
+    append = common.History.append
+
+    def append_then_sigterm(self, *args):
+        append(self, *args)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(common.History, "append", append_then_sigterm)
+    out = tmp_path / "run"
+    assert dcgan.main(TINY + ["--out", str(out), "--epochs", "50"]) == 130
+    assert load(out / "checkpoint.pt")["iters"] == 2 and len(read_csv(out / "losses.csv")) == 2
 
 
 # --------------------------------------------------------------------------------------------
