@@ -73,9 +73,7 @@ def get_dataset(args, nc):
 
 def class_names(dataset):
     """The dataset's classes in label order: MNIST's "0 - zero"..., a folder's sub-folders."""
-    if hasattr(dataset, "classes"):
-        return [str(c) for c in dataset.classes]
-    return [str(i) for i in range(dataset.num_classes)]  # FakeData
+    return [str(c) for c in dataset.classes]
 
 
 # Custom weights initialization called on netG and netD: convolutions from N(0, 0.02),

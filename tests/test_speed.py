@@ -114,20 +114,33 @@ def test_amp_without_native_bfloat16_says_so_and_trains_in_float32(tmp_path, mon
     assert amp == fp32
 
 
-def test_gradient_penalty_in_float32_under_amp(monkeypatch):
-    """04 calls gradient_penalty outside autocast: its double backward runs in float32 even with
-    --amp. Checked against the penalty autocast would compute, to show why."""
+def autocast_on():
+    try:
+        return torch.is_autocast_enabled("cpu")  # torch >= 2.4
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
+def test_gradient_penalty_runs_in_float32_under_amp(tmp_path, monkeypatch):
+    """With --amp, 04 calls gradient_penalty outside autocast, on float32 images: the critic's
+    forward on x̂ and the double backward run in float32 (inside autocast they would not)."""
     wgan = load_script("04_wgan_gp")
-    torch.manual_seed(0)
-    critic = wgan.Critic(1, 28)
-    real, fake = torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)
-    torch.manual_seed(1)
-    gp = wgan.gradient_penalty(critic, real, fake)
-    assert gp.dtype == torch.float32
-    torch.manual_seed(1)
+    monkeypatch.setattr(common, "_native_bf16", lambda device: True)
+    calls = []
+    penalty = wgan.gradient_penalty
+
+    def recording_penalty(critic, real, fake):
+        gp = penalty(critic, real, fake)
+        calls.append((autocast_on(), real.dtype, fake.dtype, gp.dtype))
+        return gp
+
+    monkeypatch.setattr(wgan, "gradient_penalty", recording_penalty)
+    run("04_wgan_gp", tmp_path, "--amp")
+    assert calls and set(calls) == {(False, torch.float32, torch.float32, torch.float32)}
+    # and what autocast would have done to it
+    critic, real = wgan.Critic(1, 28), torch.randn(4, 1, 28, 28)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        gp_bf16 = wgan.gradient_penalty(critic, real, fake)
-    assert not torch.equal(gp_bf16.float(), gp)  # inside autocast it would be rounded
+        assert critic(real).dtype == torch.bfloat16
 
 
 def test_small_datasets_are_transformed_once_into_memory():
