@@ -6,10 +6,11 @@
     python 01_mlp_gan.py --g-loss minimax --k 5 # a stronger D: watch G's minimax loss stall near 0
     python 01_mlp_gan.py --k 3 --smooth 0.9     # k D-steps per G-step (§12.2.4); one-sided label smoothing
     python 01_mlp_gan.py --generate 100 --checkpoint runs/01_mlp_gan-mnist/checkpoint.pt
-    torchrun --nproc_per_node=2 01_mlp_gan.py --device cpu  # two processes (README, "More than one GPU")
+    torchrun --nproc_per_node=2 01_mlp_gan.py --device cpu  # two processes (docs/shared.md)
 
 A run writes into runs/01_mlp_gan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
+The lesson notes, results and choices of this script: docs/01_mlp_gan.md.
 """
 import math
 import os
@@ -35,7 +36,7 @@ parser = common.make_parser(
     datasets=["mnist", "fashion-mnist", "fake", "folder"],
     dataset="mnist",
     dataroot="data",
-    workers=None,        # the chapter: 2; 0 for in-memory data, else min(4, CPUs) (README, Speed)
+    workers=None,        # the chapter has 2; we pick by dataset (docs/speed.md)
     batch_size=100,      # m, the minibatch size of §12.2.4
     nz=100,              # size of the noise z
     epochs=10,
@@ -60,7 +61,7 @@ IMAGE_SIZE = 28  # the MLPs take 28 x 28 x 1 images: 784 inputs
 
 # Data: 28x28 grey images scaled from [0, 1] to [-1, 1], the range of G's Tanh (004). A folder of
 # other images is made grey and 28x28 first.
-def get_dataset(args):
+def get_dataset(dataset, dataroot):
     transform = transforms.Compose([
         transforms.Grayscale(1),
         transforms.Resize(IMAGE_SIZE),
@@ -68,7 +69,7 @@ def get_dataset(args):
         transforms.ToTensor(),
         transforms.Normalize((0.5,), (0.5,)),
     ])
-    return common.load_dataset(args.dataset, args.dataroot, transform, (1, IMAGE_SIZE, IMAGE_SIZE))
+    return common.load_dataset(dataset, dataroot, transform, (1, IMAGE_SIZE, IMAGE_SIZE))
 
 
 # §12.2.3 The discriminator D(x; θd): a multilayer perceptron from an image to one number, the
@@ -116,186 +117,123 @@ def sample(netG, noise):
 
 def main(argv=None):
     args, ckpt = common.get_args(parser, argv, SCRIPT)
+    dataroot, workers, batch_size = args.dataroot, args.workers, args.batch_size
+    nz, num_epochs, lr, beta1, k = args.nz, args.epochs, args.lr, args.beta1, args.k
 
-    # Decide which device we want to run on: an NVIDIA GPU, else Apple's GPU, else the CPU
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else
-                              "mps" if torch.backends.mps.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
-    # GPU. Started without torchrun, nothing changes.
-    world = common.init_processes(device)
-    device = world.device
-    print(f"Device: {device}")
-
+    # An NVIDIA GPU, else Apple's, else the CPU
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
+                          else "mps" if torch.backends.mps.is_available() else "cpu")
     if args.generate:
         return generate(args, ckpt, device)
+    # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
+    run = common.Run(SCRIPT, args, ckpt, device)
+    device = run.device  # under torchrun: this process's GPU
 
-    print("Random Seed: ", args.seed)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    manualSeed = args.seed
+    print("Random Seed: ", manualSeed)
+    random.seed(manualSeed)
+    torch.manual_seed(manualSeed)
 
-    common.prepare_out(args.out, resume_iters=ckpt["iters"] if ckpt else None)
-    dataset = get_dataset(args)
-    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
-    dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                             num_workers=args.workers, drop_last=True,
-                                             **common.loader_options(device, args.workers))
-    # One iteration of §12.2.4 takes k minibatches (one per D step)
-    iterations = len(dataloader) // args.k  # per epoch
-    if iterations == 0:
-        raise common.UserError(f"the dataset has {len(dataset)} images, fewer than --k {args.k} "
-                               f"batches of --batch-size {args.batch_size}: use a smaller --batch-size")
-    print(f"Dataset: {args.dataset}, {len(dataset)} images, {len(dataloader)} batches of "
-          f"{args.batch_size} per epoch, {iterations} iterations of k = {args.k} D steps + 1 G step")
-    world.say_batch(args.batch_size)
+    dataset = get_dataset(args.dataset, dataroot)
+    dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True)
+    iterations = len(dataloader) // k  # per epoch: k minibatches for D, then one G step
+    print(f"{iterations} iterations of k = {k} D steps + 1 G step per epoch")
 
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
 
-    netG = Generator(args.nz).to(device)
+    netG = Generator(nz).to(device)
     print(netG)
     netD = Discriminator().to(device)
     print(netD)
-    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
-    netG, netD = world.wrap(netG), world.wrap(netD)
+    # several GPUs: torchrun's DistributedDataParallel (docs/shared.md)
+    netG, netD = run.parallel(netG), run.parallel(netD)
 
-    # §12.3 D 1) The cross-entropy loss. BCEWithLogitsLoss on a logit a = D's output, target y:
+    # §12.3 D 1) The cross-entropy loss. BCEWithLogitsLoss on D's logit a, target y:
     #   l = -[y log σ(a) + (1 - y) log(1 - σ(a))]
-    # so y = 1 gives -log D(x) and y = 0 gives -log(1 - D(G(z))): the two terms of Eq. (1)/(2),
-    # negated, because optimizers minimise. It computes log σ(a) = -softplus(-a) directly,
-    # never rounding σ(a) to 0 or 1 first, so the loss and its gradient stay finite even when
-    # D is very sure (a Sigmoid followed by BCELoss would clamp log(0) to -100 and lose the
-    # gradient there).
+    # y = 1 gives -log D(x), y = 0 gives -log(1 - D(G(z))): Eq. (1)'s two terms, negated since
+    # optimizers minimise. It computes log σ(a) = -softplus(-a) without rounding σ(a) to 0 or 1,
+    # so the loss and its gradient stay finite when D is sure (Sigmoid + BCELoss would clamp
+    # log(0) to -100 and lose the gradient there).
     criterion = nn.BCEWithLogitsLoss()
-    fixed_noise = torch.randn(64, args.nz, device=device)
-    # The chapter's labels (the lecture notes 001 use the reverse): real 1, fake 0. D's target
-    # on real images is --smooth: 0.9 is 004's one-sided label smoothing, which keeps D from
-    # becoming overconfident; the fakes' target stays 0 and G's target stays 1.
+    fixed_noise = torch.randn(64, nz, device=device)
+    # The chapter's labels (the notes 001 use the reverse). D's target on real images is
+    # --smooth: 0.9 is 004's one-sided label smoothing, against an overconfident D.
     real_label = 1.
     fake_label = 0.
-    real_labels = torch.full((args.batch_size,), real_label, device=device)
-    fake_labels = torch.full((args.batch_size,), fake_label, device=device)
-    smooth_labels = torch.full((args.batch_size,), args.smooth, device=device)
-    optimizerD = optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    optimizerD = optim.Adam(netD.parameters(), lr=lr, betas=(beta1, 0.999))
+    optimizerG = optim.Adam(netG.parameters(), lr=lr, betas=(beta1, 0.999))
+    # What a checkpoint holds; --resume loads it back into these objects here
+    run.keep(lambda: sample(netG, fixed_noise), netG=netG, netD=netD, optimizerG=optimizerG,
+             optimizerD=optimizerD, fixed_noise=fixed_noise)
 
-    iters = 0
-    if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
-        iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
-                               optimizerG=optimizerG, optimizerD=optimizerD)
-        fixed_noise = ckpt["fixed_noise"].to(device)
-    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
-    start_epoch, start_i = common.start_point(args, iters, iterations)
+    # §12.2.4 Minibatch stochastic gradient descent training of GANs. run.append keeps the
+    # losses (losses.csv), the snapshots go to files.
+    iters = run.iters  # 0, or where a resumed run stopped
 
-    history = common.History(os.path.join(args.out, "losses.csv"),
-                             ["Loss_D", "Loss_G", "D_x", "D_G_z1", "D_G_z2"],
-                             rows=ckpt["history"] if ckpt else ())
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-
-    def save_checkpoint():
-        common.save_training(ckpt_path, SCRIPT, args, iters, history, device, netG=netG, netD=netD,
-                             optimizerG=optimizerG, optimizerD=optimizerD, fixed_noise=fixed_noise)
-
-    # §12.2.4 Minibatch stochastic gradient descent training of GANs
     print("Starting Training Loop...")
-    speed = common.IterRate(iters)
-    fixed_fake = None
-    stop = False
-    with common.Interrupt(world) as interrupt:
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch, start=start_i * args.k * args.batch_size)
-            minibatches = iter(dataloader)
-            # for number of training iterations do
-            for i in range(start_i, iterations):
+    for epoch in range(num_epochs):
+        # for number of training iterations do; run.enumerate hands k minibatches an
+        # iteration from `minibatches`, and resumes, saves and stops
+        for i, minibatches in run.enumerate(dataloader, epoch, k):
 
-                # (part 1: update the discriminator) for k steps do
-                for _ in range(args.k):
-                    # Sample a minibatch of m examples from the data
-                    x = next(minibatches)[0].to(device, non_blocking=True)
-                    m = x.size(0)
-                    # Sample a minibatch of m noise samples from the prior p(z)
-                    z = torch.randn(m, args.nz, device=device)
-                    # Ascend ∇θd 1/m Σ [log D(x) + log(1 - D(G(z)))], i.e. descend its negative
-                    netD.zero_grad()
-                    output = netD(x)
-                    errD_real = criterion(output, smooth_labels)        # -log D(x)
-                    D_x = torch.sigmoid(output).mean()
-                    output = netD(netG(z).detach())   # detach: this step moves θd only
-                    errD_fake = criterion(output, fake_labels)          # -log(1 - D(G(z)))
-                    D_G_z1 = torch.sigmoid(output).mean()
-                    errD = errD_real + errD_fake
-                    errD.backward()
-                    optimizerD.step()
+            # (part 1: update the discriminator) for k steps do
+            for _ in range(k):
+                # a minibatch of m examples; non_blocking: from pinned memory, no wait
+                x = next(minibatches)[0].to(device, non_blocking=True)
+                m = x.size(0)
+                # a minibatch of m noise samples from the prior p(z)
+                z = torch.randn(m, nz, device=device)
+                # ascend ∇θd 1/m Σ [log D(x) + log(1 - D(G(z)))], i.e. descend its negative
+                netD.zero_grad()
+                label = torch.full((m,), args.smooth, dtype=torch.float, device=device)
+                output = netD(x)
+                errD_real = criterion(output, label)  # -log D(x), or with --smooth its 0.9 version
+                errD_real.backward()
+                D_x = torch.sigmoid(output).mean().detach()
+                label.fill_(fake_label)
+                output = netD(netG(z).detach())  # detach: this step moves θd only
+                errD_fake = criterion(output, label)  # -log(1 - D(G(z)))
+                errD_fake.backward()  # adds to errD_real's gradients: one step for the sum
+                D_G_z1 = torch.sigmoid(output).mean().detach()
+                errD = errD_real + errD_fake
+                optimizerD.step()
 
-                # (part 2: update the generator) with a new minibatch of m noise samples
-                z = torch.randn(m, args.nz, device=device)
-                netG.zero_grad()
-                output = netD(netG(z))
-                if args.g_loss == "minimax":
-                    # Descend ∇θg 1/m Σ log(1 - D(G(z))), Eq. (1) as written. BCE with y = 0 is
-                    # -log(1 - D(G(z))), so minimise its negative. Its slope on D's logit a is
-                    # -σ(a) = -D(G(z)): when D rejects the fakes (D(G(z)) near 0) the curve is
-                    # flat and G gets almost no gradient (§12.7.1).
-                    errG = -criterion(output, fake_labels)
-                else:
-                    # Non-saturating: maximise log D(G(z)), i.e. minimise -log D(G(z)) = BCE
-                    # with y = 1. Same fixed point, but its slope on the logit is
-                    # D(G(z)) - 1: strongest exactly when D rejects the fakes (§12.3 D 1).
-                    errG = criterion(output, real_labels)
-                errG.backward()
-                D_G_z2 = torch.sigmoid(output).mean()
-                optimizerG.step()
+            # (part 2: update the generator) with a new minibatch of m noise samples
+            z = torch.randn(m, nz, device=device)
+            netG.zero_grad()
+            output = netD(netG(z))
+            label = torch.full((m,), real_label, dtype=torch.float, device=device)
+            if args.g_loss == "minimax":
+                # Descend ∇θg 1/m Σ log(1 - D(G(z))), Eq. (1) as written: minus BCE with y = 0.
+                # Its slope on D's logit a is -σ(a) = -D(G(z)): when D rejects the fakes
+                # (D(G(z)) near 0) G gets almost no gradient (§12.7.1).
+                errG = -criterion(output, label.fill_(fake_label))
+            else:
+                # Non-saturating: minimise -log D(G(z)) = BCE with y = 1. Same fixed point, but
+                # its slope on the logit is D(G(z)) - 1: strongest when D rejects the fakes (§12.3 D 1).
+                errG = criterion(output, label)
+            errG.backward()
+            D_G_z2 = torch.sigmoid(output).mean().detach()
+            optimizerG.step()
 
-                # Losses wait on the device until the next log line (no per-iteration sync)
-                history.append(epoch, i, iters, errD, errG, D_x, D_G_z1, D_G_z2)
-                if i % args.log_every == 0:
-                    row = history.flush()
-                    print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
-                          '\t%.2f it/s' % (epoch, args.epochs, i, iterations, *row[3:], speed(iters + 1)),
-                          flush=True)
+            # .item() here is the loop's one wait for the GPU, once a log line
+            if i % args.log_every == 0:
+                print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
+                      % (epoch, num_epochs, i, iterations,
+                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
+            run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
-                # G's progress on fixed_noise
-                last = (epoch == args.epochs - 1 and i == iterations - 1) or iters + 1 == args.max_steps
-                if (iters % args.sample_every == 0) or last:
-                    fixed_fake = sample(netG, fixed_noise)
-                    common.save_grid(fixed_fake, os.path.join(args.out, f"fake_samples_{iters:06d}.png"))
+            # G's progress on fixed_noise, every sample_every iterations and at the end
+            if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i == iterations-1)):
+                run.snapshot(sample(netG, fixed_noise), iters)
 
-                iters += 1
-                stop = interrupt.requested or iters == args.max_steps
-                if stop:
-                    break
-            if stop:
-                break
-            start_i = 0
-            save_checkpoint()  # the end of an epoch
+            iters += 1
 
-        if stop:  # --max-steps or Ctrl-C
-            save_checkpoint()
-            snapshot = os.path.join(args.out, f"fake_samples_{iters - 1:06d}.png")
-            if not os.path.exists(snapshot):
-                fixed_fake = sample(netG, fixed_noise)
-                common.save_grid(fixed_fake, snapshot)
-
-    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
-
-    # Results: the loss plot, G's progression, real beside fake
-    G_losses, D_losses = history.column("Loss_G"), history.column("Loss_D")
-    common.plot_losses({"G": G_losses, "D": D_losses}, "Generator and Discriminator Loss During Training",
-                       os.path.join(args.out, "losses.png"))
-    common.write_gif(args.out, os.path.join(args.out, "progress.gif"))
-    if fixed_fake is None:
-        fixed_fake = sample(netG, fixed_noise)
-    common.save_real_vs_fake(real_batch[0][:64], fixed_fake, os.path.join(args.out, "real_vs_fake.png"))
-
-    print(f"Wrote {args.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
-          "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
-    if interrupt.requested:
-        print(f"Stopped by Ctrl-C after {iters} iterations. Go on with: "
-              f"python {SCRIPT}.py --resume {ckpt_path}")
-        return 130
-    return 0
+    # Results: the loss plot, G's progression (progress.gif), real vs. fake, netG.pt
+    G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")
+    return run.finish(real_batch[0][:64], {"G": G_losses, "D": D_losses},
+                      "Generator and Discriminator Loss During Training")
 
 
 # --generate N: N new samples from the generator of a checkpoint (or of a netG.pt)

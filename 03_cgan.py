@@ -4,12 +4,12 @@
     python 03_cgan.py                                   # MNIST 32x32, 20 epochs; row i of the grid = digit i
     python 03_cgan.py --generate 10 --labels 7          # ten 7s from the trained checkpoint
     python 03_cgan.py --generate 100                    # ten of each class, one row per class
-    python 03_cgan.py --dataset fashion-mnist           # the same model on clothing classes
     python 03_cgan.py --dataset folder --dataroot my_labelled_images   # classes = sub-folders
-    torchrun --nproc_per_node=4 03_cgan.py              # 4 GPUs (README, "More than one GPU")
+    torchrun --nproc_per_node=4 03_cgan.py              # 4 GPUs (docs/shared.md)
 
 A run writes into runs/03_cgan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
+The lesson notes, results and choices of this script: docs/03_cgan.md.
 """
 import os
 import random
@@ -26,26 +26,16 @@ import common
 
 SCRIPT = "03_cgan"
 
-# §12.5.2 Settings: the chapter's values, each one a flag (python 03_cgan.py --help)
+# §12.5.2 Settings: the chapter's values are the defaults of the flags (--help)
 parser = common.make_parser(
     __doc__,
     datasets=["mnist", "fashion-mnist", "cifar10", "folder", "fake"],
-    dataset="mnist",
-    dataroot="data",     # Root directory for dataset
-    workers=None,        # the chapter: 2; 0 for in-memory data, else min(4, CPUs) (README, Speed)
-    amp=False,           # --amp: bfloat16 forward passes (not in the chapter; README, Speed)
-    batch_size=128,      # Batch size during training
-    nz=100,              # Size of z latent vector (i.e. size of generator input)
-    ngf=128,             # Size of feature maps in generator
-    ndf=128,             # Size of feature maps in discriminator
-    epochs=20,           # Number of training epochs
-    lr=0.0002,           # Learning rate for optimizers
-    beta1=0.5,           # Beta1 hyperparam for Adam optimizers
-    seed=999,            # manualSeed
-    log_every=50,
-    sample_every=500,
+    dataset="mnist", dataroot="data", batch_size=128, nz=100, ngf=128, ndf=128, epochs=20,
+    lr=0.0002, beta1=0.5, seed=999, log_every=50, sample_every=500,
+    workers=None,  # the chapter has 2; we pick by dataset (docs/speed.md)
+    amp=False,     # --amp: not in the chapter (docs/speed.md)
 )
-# Spatial size of training images: G below goes 4 -> 8 -> 16 -> 32 and D back, so only 32
+# G below goes 4 -> 8 -> 16 -> 32 and D back: the flag refuses other sizes
 parser.add_argument("--image-size", type=int, default=32, choices=[32],
                     help="fixed at 32 by the architecture (default: 32)")
 parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
@@ -54,47 +44,38 @@ parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
 
 
 def channels(dataset):
-    # Number of channels in the training images: 1 for MNIST and Fashion-MNIST, 3 for colour
+    # nc: 1 for MNIST and Fashion-MNIST, 3 for colour
     return 1 if dataset in ("mnist", "fashion-mnist") else 3
 
 
-# Create the dataset: the chapter's transform (resize to 32, scale [0, 1] to [-1, 1], the
-# range of G's Tanh), with a centre crop so that non-square folder images come out 32x32 too
-def get_dataset(args, nc):
+# §12.5.2 Create the dataset: Normalize maps [0, 1] to [-1, 1], the range of G's Tanh. The
+# centre crop (not in the chapter) makes non-square folder images 32x32 too.
+def get_dataset(dataset, dataroot, image_size, nc):
     transform = transforms.Compose([
-        transforms.Resize(args.image_size),
-        transforms.CenterCrop(args.image_size),
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize((0.5,) * nc, (0.5,) * nc),
     ])
-    return common.load_dataset(args.dataset, args.dataroot, transform,
-                               (nc, args.image_size, args.image_size))
+    return common.load_dataset(dataset, dataroot, transform, (nc, image_size, image_size))
 
 
-def class_names(dataset):
-    """The dataset's classes in label order: MNIST's "0 - zero"..., a folder's sub-folders."""
-    return [str(c) for c in dataset.classes]
-
-
-# Custom weights initialization called on netG and netD: convolutions from N(0, 0.02),
-# BatchNorm scale from N(1, 0.02) and shift 0. (The chapter's §12.5 listing draws the BatchNorm
-# scale from N(0, 0.02), which starts every BatchNorm near zero output; its own comment calls
-# N(1, 0.02) the original, which the DCGAN paper and §12.4 use.)
+# §12.5.2 weights_init, with the DCGAN paper's BatchNorm scale N(1, 0.02): the listing's
+# N(0, 0.02) silences every BatchNorm at the start, and its own comment calls 1.0 the original.
 def weights_init(m):
     classname = m.__class__.__name__
     if classname.find('Conv') != -1:
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        nn.init.normal_(m.weight.data, 0.0, 0.02)
     elif classname.find('BatchNorm') != -1:
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.constant_(m.bias, 0)
+        nn.init.normal_(m.weight.data, 1.0, 0.02)
+        nn.init.constant_(m.bias.data, 0)
 
 
-# Fig. 15 Generator G(z|y): z and the one-hot label y go through two separate first layers,
-# whose outputs are concatenated (the "joint hidden representation" of §12.5.1), then the
-# DCGAN's strided transposed convolutions up to an nc x 32 x 32 image.
+# Fig. 15 Generator G(z|y): z and the one-hot y through separate first layers, concatenated
+# (§12.5.1's joint hidden representation), then DCGAN layers up to an nc x 32 x 32 image
 class Generator(nn.Module):
     def __init__(self, nz, ngf, nc, num_classes):
-        super().__init__()
+        super(Generator, self).__init__()
         self.deconv1_1 = nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0)           # z: nz x 1 x 1
         self.deconv1_1_bn = nn.BatchNorm2d(ngf * 2)
         self.deconv1_2 = nn.ConvTranspose2d(num_classes, ngf * 2, 4, 1, 0)  # y: classes x 1 x 1
@@ -106,27 +87,20 @@ class Generator(nn.Module):
         self.deconv4 = nn.ConvTranspose2d(ngf, nc, 4, 2, 1)
 
     def forward(self, input, label):
-        x = F.relu(self.deconv1_1_bn(self.deconv1_1(input)))
-        # state size. (ngf*2) x 4 x 4
-        y = F.relu(self.deconv1_2_bn(self.deconv1_2(label)))
-        # state size. (ngf*2) x 4 x 4
-        x = torch.cat([x, y], 1)
-        # state size. (ngf*4) x 4 x 4
-        x = F.relu(self.deconv2_bn(self.deconv2(x)))
-        # state size. (ngf*2) x 8 x 8
-        x = F.relu(self.deconv3_bn(self.deconv3(x)))
-        # state size. (ngf) x 16 x 16
-        x = torch.tanh(self.deconv4(x))
-        # state size. (nc) x 32 x 32
+        x = F.relu(self.deconv1_1_bn(self.deconv1_1(input)))  # (ngf*2) x 4 x 4
+        y = F.relu(self.deconv1_2_bn(self.deconv1_2(label)))  # (ngf*2) x 4 x 4
+        x = torch.cat([x, y], 1)  # (ngf*4) x 4 x 4
+        x = F.relu(self.deconv2_bn(self.deconv2(x)))  # (ngf*2) x 8 x 8
+        x = F.relu(self.deconv3_bn(self.deconv3(x)))  # (ngf) x 16 x 16
+        x = torch.tanh(self.deconv4(x))  # (nc) x 32 x 32
         return x
 
 
-# Fig. 15 Discriminator D(x|y): the image and its label, as one-hot label maps (num_classes x
-# 32 x 32, all ones in the label's channel), through two separate first convolutions,
-# concatenated, then the DCGAN's strided convolutions down to one probability.
+# Fig. 15 Discriminator D(x|y): the image and its label's maps through separate first
+# convolutions, concatenated, then DCGAN layers down to one probability
 class Discriminator(nn.Module):
     def __init__(self, nc, ndf, num_classes):
-        super().__init__()
+        super(Discriminator, self).__init__()
         self.conv1_1 = nn.Conv2d(nc, ndf // 2, 4, 2, 1)           # x: nc x 32 x 32
         self.conv1_2 = nn.Conv2d(num_classes, ndf // 2, 4, 2, 1)  # y: classes x 32 x 32
         self.conv2 = nn.Conv2d(ndf, ndf * 2, 4, 2, 1)
@@ -136,40 +110,51 @@ class Discriminator(nn.Module):
         self.conv4 = nn.Conv2d(ndf * 4, 1, 4, 1, 0)
 
     def forward(self, input, label):
-        x = F.leaky_relu(self.conv1_1(input), 0.2)
-        # state size. (ndf/2) x 16 x 16
-        y = F.leaky_relu(self.conv1_2(label), 0.2)
-        # state size. (ndf/2) x 16 x 16
-        x = torch.cat([x, y], 1)
-        # state size. (ndf) x 16 x 16
-        x = F.leaky_relu(self.conv2_bn(self.conv2(x)), 0.2)
-        # state size. (ndf*2) x 8 x 8
-        x = F.leaky_relu(self.conv3_bn(self.conv3(x)), 0.2)
-        # state size. (ndf*4) x 4 x 4
-        x = torch.sigmoid(self.conv4(x))
-        # state size. 1 x 1 x 1
+        x = F.leaky_relu(self.conv1_1(input), 0.2)  # (ndf/2) x 16 x 16
+        y = F.leaky_relu(self.conv1_2(label), 0.2)  # (ndf/2) x 16 x 16
+        x = torch.cat([x, y], 1)  # (ndf) x 16 x 16
+        x = F.leaky_relu(self.conv2_bn(self.conv2(x)), 0.2)  # (ndf*2) x 8 x 8
+        x = F.leaky_relu(self.conv3_bn(self.conv3(x)), 0.2)  # (ndf*4) x 4 x 4
+        x = torch.sigmoid(self.conv4(x))  # 1 x 1 x 1
         return x
 
 
-# Label preprocess, the chapter's two tables, built once and indexed by a batch of labels:
-# onehot[y] is G's input (num_classes x 1 x 1), fill[y] is D's (num_classes x 32 x 32, ones in
-# channel y, zeros elsewhere).
-def label_tables(num_classes, image_size, device):
-    onehot = torch.eye(num_classes, device=device).view(num_classes, num_classes, 1, 1)
-    fill = onehot.expand(-1, -1, image_size, image_size).contiguous()
-    return onehot, fill
+# §12.5.2 label preprocess, for any number of classes (the chapter's has 10): onehot[y] is G's
+# label input (classes x 1 x 1), fill[y] D's (classes x 32 x 32, ones in channel y)
+def label_tables(n, image_size, device):  # n classes
+    onehot = torch.zeros(n, n)
+    onehot = onehot.scatter_(1, torch.arange(n).view(n, 1), 1).view(n, n, 1, 1)
+    fill = torch.zeros([n, n, image_size, image_size])
+    for i in range(n):
+        fill[i, i, :, :] = 1
+    return onehot.to(device), fill.to(device)
 
 
-# Sampling, for the snapshots and --generate: BatchNorm in eval mode (the running statistics of
-# training's mixed-class batches), so that an image depends on its own z and y only. In train
-# mode a batch of only 7s would be normalised with its own statistics, unlike any batch G was
-# trained on, and --labels 7 would draw worse 7s than the grid does.
+# §12.5.2 The fixed inputs of the snapshots: row i of the grid draws class i, and the ten z of
+# a row are the same in every row, so a column shows one style across all the classes
+def fixed_inputs(nz, num_classes, device):
+    temp_z_ = torch.randn(10, nz)
+    fixed_z_ = temp_z_
+    fixed_y_ = torch.zeros(10, 1)
+    for i in range(num_classes - 1):
+        fixed_z_ = torch.cat([fixed_z_, temp_z_], 0)
+        temp = torch.ones(10, 1) + i
+        fixed_y_ = torch.cat([fixed_y_, temp], 0)
+    fixed_z_ = fixed_z_.view(-1, nz, 1, 1)
+    fixed_y_label_ = torch.zeros(10 * num_classes, num_classes)
+    fixed_y_label_.scatter_(1, fixed_y_.type(torch.LongTensor), 1)
+    fixed_y_label_ = fixed_y_label_.view(-1, num_classes, 1, 1)
+    return fixed_z_.to(device), fixed_y_label_.to(device)
+
+
+# G's images for the snapshots and --generate, BatchNorm in eval mode: in train mode a batch of
+# only 7s would be normalised by its own statistics, unlike G's training batches (docs/03_cgan.md)
 def sample(netG, noise, y_label):
     netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     training = netG.training
     netG.eval()
     with torch.no_grad():
-        fake = netG(noise, y_label).cpu()
+        fake = netG(noise, y_label).detach().cpu()
     netG.train(training)
     return fake
 
@@ -177,241 +162,154 @@ def sample(netG, noise, y_label):
 def main(argv=None):
     args, ckpt = common.get_args(parser, argv, SCRIPT)
     if args.labels and not args.generate:
-        raise common.UserError("--labels picks the classes that --generate draws: "
-                               "add --generate N")
+        raise common.UserError("--labels picks the classes that --generate draws: add --generate N")
+    dataroot, workers, batch_size, image_size = args.dataroot, args.workers, args.batch_size, args.image_size
+    nz, ngf, ndf, num_epochs, lr, beta1 = args.nz, args.ngf, args.ndf, args.epochs, args.lr, args.beta1
+    nc = channels(args.dataset)
 
-    # Decide which device we want to run on: an NVIDIA GPU, else Apple's GPU, else the CPU
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else
-                              "mps" if torch.backends.mps.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
-    # GPU. Started without torchrun, nothing changes.
-    world = common.init_processes(device)
-    device = world.device
-    # Every batch but an epoch's last has the same shape: let cuDNN time its algorithms once
-    cudnn.benchmark = device.type == "cuda"
-    print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
-
+    # An NVIDIA GPU, else Apple's, else the CPU
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
+                          else "mps" if torch.backends.mps.is_available() else "cpu")
     if args.generate:
         return generate(args, ckpt, device)
+    # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
+    run = common.Run(SCRIPT, args, ckpt, device)
+    device = run.device  # under torchrun: this process's GPU
+    cudnn.benchmark = device.type == "cuda"  # (nearly) one batch shape: time the algorithms once
 
-    # Set random seed for reproducibility
-    print("Random Seed: ", args.seed)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    # the chapter's seed, so that a run can be repeated
+    manualSeed = args.seed
+    print("Random Seed: ", manualSeed)
+    random.seed(manualSeed)
+    torch.manual_seed(manualSeed)
 
-    common.prepare_out(args.out, resume_iters=ckpt["iters"] if ckpt else None)
-    nc = channels(args.dataset)
-    dataset = get_dataset(args, nc)
-    classes = class_names(dataset)
+    # MNIST's classes are "0 - zero"...; a folder's, its sub-folders
+    dataset = get_dataset(args.dataset, dataroot, image_size, nc)
+    classes = [str(c) for c in dataset.classes]
     num_classes = len(classes)
-    # Create the dataloader: the chapter's shuffled batches, the last one smaller (MNIST: 96
-    # images), as the chapter has it. The sampler shuffles by (seed, epoch) so that a resumed
-    # run can pick up an epoch where it stopped.
-    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
-    dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                             num_workers=args.workers,
-                                             **common.loader_options(device, args.workers))
-    batches = len(dataloader)  # per epoch
-    print(f"Dataset: {args.dataset}, {len(dataset)} images in {num_classes} classes, {batches} "
-          f"batches of {args.batch_size} per epoch")
-    world.say_batch(args.batch_size)
+    # The last batch is smaller, as in the chapter. run.dataloader shuffles by (seed, epoch) so
+    # that a resumed run can finish its epoch.
+    dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers)
 
-    # Plot some training images
+    # the chapter's "Training Images", as a file
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
 
-    # Create the generator and the discriminator; apply weights_init to every layer
-    netG = Generator(args.nz, args.ngf, nc, num_classes).to(device)
+    # Fig. 15's networks, with weights_init
+    netG = Generator(nz, ngf, nc, num_classes).to(device)
     netG.apply(weights_init)
     print(netG)
-    netD = Discriminator(nc, args.ndf, num_classes).to(device)
+    netD = Discriminator(nc, ndf, num_classes).to(device)
     netD.apply(weights_init)
     print(netD)
-    # channels_last: the pixels' channels side by side in memory, the layout in which oneDNN (CPU)
-    # and cuDNN (tensor cores) run convolutions fastest. The same numbers, in another order.
-    netG = netG.to(memory_format=torch.channels_last)
-    netD = netD.to(memory_format=torch.channels_last)
-    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
-    netG, netD = world.wrap(netG), world.wrap(netD)
+    # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
+    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
+    netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
+    # the chapter's DataParallel for several GPUs: torchrun's DistributedDataParallel instead
+    netG, netD = run.parallel(netG), run.parallel(netD)
 
-    # The fixed noise: a grid with one row per class and ten columns; row i draws class i, and
-    # the ten z of a row are the same in every row, so that a column holds one "style" (stroke
-    # width, slant) across all the classes
-    onehot, fill = label_tables(num_classes, args.image_size, device)
-    fixed_noise = torch.randn(10, args.nz, 1, 1, device=device).repeat(num_classes, 1, 1, 1)
-    fixed_y = torch.arange(num_classes, device=device).repeat_interleave(10)
-
-    # Initialize BCELoss function: Eq. (4), the GAN's two cross-entropy terms with D and G
-    # conditioned on y
+    fixed_z_, fixed_y_label_ = fixed_inputs(nz, num_classes, device)
+    # Eq. (4): the GAN's two cross-entropy terms, with D and G both conditioned on y
     criterion = nn.BCELoss()
+    optimizerD = optim.Adam(netD.parameters(), lr=lr, betas=(beta1, 0.999))
+    optimizerG = optim.Adam(netG.parameters(), lr=lr, betas=(beta1, 0.999))
+    onehot, fill = label_tables(num_classes, image_size, device)
+    # What a checkpoint holds; --resume loads it back into these objects here
+    run.keep(lambda: sample(netG, fixed_z_, fixed_y_label_), nrow=10, netG=netG, netD=netD,
+             optimizerG=optimizerG, optimizerD=optimizerD, fixed_noise=fixed_z_, classes=classes)
 
-    # Establish convention for real and fake labels during training. A tensor of each for a
-    # full batch, made once; the epoch's smaller last batch takes its first b_size entries.
-    real_label = 1.
-    fake_label = 0.
-    y_real_ = torch.full((args.batch_size,), real_label, device=device)
-    y_fake_ = torch.full((args.batch_size,), fake_label, device=device)
+    # §12.5.2 Training Loop: §12.4.5's, each image paired with its label. run.append keeps the
+    # losses (G_losses, D_losses, losses.csv); the snapshots go to files, not img_list.
+    iters = run.iters  # 0, or where a resumed run stopped
 
-    # Setup Adam optimizers for both G and D
-    optimizerD = optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    # --amp: the forward passes below in bfloat16; the losses in float32 (BCELoss on bfloat16
-    # probabilities is not autocast-safe). Without --amp, `with amp:` does nothing.
-    amp = common.autocast(device, args.amp)
-
-    iters = 0
-    if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
-        iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
-                               optimizerG=optimizerG, optimizerD=optimizerD)
-        fixed_noise = ckpt["fixed_noise"].to(device)
-    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
-    start_epoch, start_i = common.start_point(args, iters, batches)
-
-    # Lists to keep track of progress: every iteration's losses and D outputs (losses.csv)
-    history = common.History(os.path.join(args.out, "losses.csv"),
-                             ["Loss_D", "Loss_G", "D_x", "D_G_z1", "D_G_z2"],
-                             rows=ckpt["history"] if ckpt else ())
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-
-    def save_checkpoint():
-        common.save_training(ckpt_path, SCRIPT, args, iters, history, device, netG=netG, netD=netD,
-                             optimizerG=optimizerG, optimizerD=optimizerD, fixed_noise=fixed_noise,
-                             classes=classes)
-
-    # Training Loop: §12.4.5's, with every image of D and G paired with its class
     print("Starting Training Loop...")
-    speed = common.IterRate(iters)
-    fixed_fake = None  # G's latest output on fixed_noise
-    stop = False
-    with common.Interrupt(world) as interrupt, common.nan_guard(args.out):
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch, start=start_i * args.batch_size)
-            # For each batch in the dataloader
-            for i, data in enumerate(dataloader, start_i):
+    for epoch in range(num_epochs):
+        y_real_ = torch.ones(batch_size)
+        y_fake_ = torch.zeros(batch_size)
+        y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
+        # run.enumerate: the chapter's enumerate, which also resumes, saves and stops
+        for i, data in run.enumerate(dataloader, epoch):
+            ############################
+            # (1) Update D network: maximize log(D(x|y)) + log(1 - D(G(z|y)|y))
+            ###########################
+            netD.zero_grad()
+            # non_blocking: from pinned memory, the copy need not wait for the GPU
+            real_cpu = data[0].to(device, non_blocking=True)
+            b_size = real_cpu.size(0)
+            if b_size != batch_size:  # the epoch's last batch
+                y_real_ = torch.ones(b_size)
+                y_fake_ = torch.zeros(b_size)
+                y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
+            y_fill_ = fill[data[1].to(device, non_blocking=True)]  # each image's own label maps
+            output = netD(real_cpu, y_fill_).view(-1)
+            errD_real = criterion(output, y_real_)  # -log D(x|y)
+            errD_real.backward()
+            D_x = output.mean().detach()  # no .item(): it would make the CPU wait for the GPU
 
-                ############################
-                # (1) Update D network: maximize log(D(x|y)) + log(1 - D(G(z|y)|y))
-                ###########################
-                ## Train with all-real batch, each image with its own label's maps
-                netD.zero_grad()
-                real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
-                b_size = real_cpu.size(0)
-                y_fill_ = fill[data[1].to(device, non_blocking=True)]   # b_size x classes x 32 x 32
-                with amp:
-                    output = netD(real_cpu, y_fill_).view(-1)
-                errD_real = criterion(output.float(), y_real_[:b_size])  # -log D(x|y)
-                errD_real.backward()
-                D_x = output.mean()
+            # fakes of labels drawn uniformly; .long() keeps y_ on the device, where
+            # .type(torch.LongTensor) would move it to the CPU; squeeze(1) keeps a batch of one
+            z_ = torch.randn((b_size, nz), device=device).view(-1, nz, 1, 1)
+            y_ = (torch.rand(b_size, 1, device=device) * num_classes).long().squeeze(1)
+            y_label_ = onehot[y_]
+            y_fill_ = fill[y_]
+            fake = netG(z_, y_label_)
+            # detach(): this step trains D, so no gradient flows on into G
+            output = netD(fake.detach(), y_fill_).view(-1)
+            errD_fake = criterion(output, y_fake_)  # -log(1 - D(G(z|y)|y))
+            errD_fake.backward()  # adds to errD_real's gradients: one step for the sum
+            D_G_z1 = output.mean().detach()
+            errD = errD_real + errD_fake
+            optimizerD.step()
 
-                ## Train with all-fake batch: fresh z, and labels drawn uniformly from the classes
-                z_ = torch.randn(b_size, args.nz, 1, 1, device=device)
-                y_ = torch.randint(num_classes, (b_size,), device=device)
-                y_label_ = onehot[y_]                                   # b_size x classes x 1 x 1
-                y_fill_ = fill[y_]
-                with amp:
-                    fake = netG(z_, y_label_)
-                    # detach(): this step trains D; the gradient stops at the fake images
-                    output = netD(fake.detach(), y_fill_).view(-1)
-                errD_fake = criterion(output.float(), y_fake_[:b_size])  # -log(1 - D(G(z|y)|y))
-                errD_fake.backward()
-                D_G_z1 = output.mean()
-                # Add the gradients from the all-real and all-fake batches
-                errD = errD_real + errD_fake
-                # Update D
-                optimizerD.step()
+            ############################
+            # (2) Update G network: maximize log(D(G(z|y)|y))
+            ###########################
+            netG.zero_grad()
+            z_ = torch.randn((b_size, nz), device=device).view(-1, nz, 1, 1)
+            y_ = (torch.rand(b_size, 1, device=device) * num_classes).long().squeeze(1)
+            y_label_ = onehot[y_]
+            y_fill_ = fill[y_]
+            fake = netG(z_, y_label_)
+            output = netD(fake, y_fill_).view(-1)
+            # target 1 for fakes: the non-saturating loss -log D(G(z|y)|y) (§12.3 D)
+            errG = criterion(output, y_real_)
+            errG.backward()
+            D_G_z2 = output.mean().detach()
+            optimizerG.step()
 
-                ############################
-                # (2) Update G network: maximize log(D(G(z|y)|y))
-                ###########################
-                netG.zero_grad()
-                # As the chapter: a new batch of z and of labels for G's step
-                z_ = torch.randn(b_size, args.nz, 1, 1, device=device)
-                y_ = torch.randint(num_classes, (b_size,), device=device)
-                y_label_ = onehot[y_]
-                y_fill_ = fill[y_]
-                with amp:
-                    fake = netG(z_, y_label_)
-                    output = netD(fake, y_fill_).view(-1)
-                # fake labels are real for generator cost: -log D(G(z|y)|y), the non-saturating loss
-                errG = criterion(output.float(), y_real_[:b_size])
-                errG.backward()
-                D_G_z2 = output.mean()
-                # Update G
-                optimizerG.step()
+            # .item() here is the loop's one wait for the GPU, once a log line
+            if i % args.log_every == 0:
+                print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
+                      % (epoch, num_epochs, i, len(dataloader),
+                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
+            run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
-                # Save Losses for plotting later (kept on the device until the next log line)
-                history.append(epoch, i, iters, errD, errG, D_x, D_G_z1, D_G_z2)
+            # G's progress on the fixed inputs, every sample_every iterations and at the end
+            if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i == len(dataloader)-1)):
+                run.snapshot(sample(netG, fixed_z_, fixed_y_label_), iters)
 
-                # Output training stats
-                if i % args.log_every == 0:
-                    row = history.flush()
-                    print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
-                          '\t%.2f it/s' % (epoch, args.epochs, i, batches, *row[3:], speed(iters + 1)),
-                          flush=True)
+            iters += 1
 
-                # Check how the generator is doing by saving G's output on fixed_noise
-                last = (epoch == args.epochs - 1 and i == batches - 1) or iters + 1 == args.max_steps
-                if (iters % args.sample_every == 0) or last:
-                    fixed_fake = sample(netG, fixed_noise, onehot[fixed_y])
-                    common.save_grid(fixed_fake, os.path.join(args.out, f"fake_samples_{iters:06d}.png"),
-                                     nrow=10)
-
-                iters += 1
-                stop = interrupt.requested or iters == args.max_steps
-                if stop:
-                    break
-            if stop:
-                break
-            start_i = 0
-            # The end of an epoch: the checkpoint that a resumed run continues from exactly
-            save_checkpoint()
-
-        # Stopped early (--max-steps or Ctrl-C): keep the state and the last picture of it
-        if stop:
-            save_checkpoint()
-            snapshot = os.path.join(args.out, f"fake_samples_{iters - 1:06d}.png")
-            if not os.path.exists(snapshot):
-                fixed_fake = sample(netG, fixed_noise, onehot[fixed_y])
-                common.save_grid(fixed_fake, snapshot, nrow=10)
-
-    # Save the trained model: the generator alone
-    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
-
-    # Results: the loss plot, G's progression, real beside fake
-    G_losses, D_losses = history.column("Loss_G"), history.column("Loss_D")
-    common.plot_losses({"G": G_losses, "D": D_losses}, "Generator and Discriminator Loss During Training",
-                       os.path.join(args.out, "losses.png"))
-    common.write_gif(args.out, os.path.join(args.out, "progress.gif"))
-    if fixed_fake is None:  # resumed, and no snapshot fell in this part of the run
-        fixed_fake = sample(netG, fixed_noise, onehot[fixed_y])
-    common.save_real_vs_fake(real_batch[0][:64], fixed_fake, os.path.join(args.out, "real_vs_fake.png"),
-                             fake_nrow=10)
-
-    print(f"Wrote {args.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
-          "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
-    if interrupt.requested:
-        print(f"Stopped by Ctrl-C after {iters} iterations. Go on with: "
-              f"python {SCRIPT}.py --resume {ckpt_path}")
-        return 130
-    return 0
+    # §12.5.2 Results: the loss plot, G's progression (progress.gif), real vs. fake, netG.pt
+    G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")
+    return run.finish(real_batch[0][:64], {"G": G_losses, "D": D_losses},
+                      "Generator and Discriminator Loss During Training")
 
 
 # --generate N [--labels L,...]: N new samples in all, one row per requested class (default:
 # every class), from the generator of a checkpoint (or of a netG.pt, whose sizes come from the
 # flags; its number of classes from its weights)
 def generate(args, ckpt, device):
+    if "deconv1_2.weight" not in ckpt["netG"]:
+        raise common.UserError(f"{args.checkpoint} does not hold a generator of 03_cgan.py")
     num_classes = ckpt["netG"]["deconv1_2.weight"].shape[0]
     classes = ckpt.get("classes") or [str(c) for c in range(num_classes)]
     labels = args.labels if args.labels else list(range(num_classes))
     bad = [y for y in labels if not 0 <= y < num_classes]
     if bad:
-        names = "" if classes == [str(c) for c in range(num_classes)] else \
-            " (" + ", ".join(f"{c}: {name}" for c, name in enumerate(classes)) + ")"
+        names = ", ".join(f"{c}: {name}" for c, name in enumerate(classes))
         raise common.UserError(f"--labels {','.join(map(str, bad))}: this generator knows "
-                               f"{num_classes} classes, numbered 0 to {num_classes - 1}{names}")
+                               f"{num_classes} classes, numbered 0 to {num_classes - 1} ({names})")
     per_class, rest = divmod(args.generate, len(labels))
     if per_class == 0 or rest:
         raise common.UserError(f"--generate {args.generate} does not split into equal rows for "
@@ -422,7 +320,6 @@ def generate(args, ckpt, device):
     torch.manual_seed(args.seed)
     noise = torch.randn(args.generate, args.nz, 1, 1, device=device)
     y = torch.tensor(labels, device=device).repeat_interleave(per_class)
-    # Eval-mode BatchNorm: chunks give exactly the images one big batch would
     fake = torch.cat([sample(netG, z, onehot[c]) for z, c in zip(noise.split(256), y.split(256))])
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "generated.png")

@@ -9,10 +9,11 @@ code of the tutorial 002 and Gulrajani et al.'s Algorithm 1.
     python 04_wgan_gp.py --dataset celeba --image-size 64  # the same recipe on faces
     python 04_wgan_gp.py --clip 0.01                       # the original WGAN: weight clipping, no penalty
     python 04_wgan_gp.py --generate 64 --checkpoint runs/04_wgan_gp-mnist/checkpoint.pt
-    torchrun --nproc_per_node=4 04_wgan_gp.py --dataset celeba --image-size 64  # 4 GPUs (README)
+    torchrun --nproc_per_node=4 04_wgan_gp.py --dataset celeba --image-size 64  # 4 GPUs (docs/shared.md)
 
 A run writes into runs/04_wgan_gp-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
+The lesson notes, results and choices of this script: docs/04_wgan_gp.md.
 """
 import math
 import os
@@ -37,11 +38,11 @@ parser = common.make_parser(
     defaults_said={"lr": "0.0001 with Adam; with --clip, 0.00005 with RMSprop, as the WGAN paper"},
     dataset="mnist",
     dataroot="data",
-    workers=None,        # the chapter: 2; 0 for in-memory data, else min(4, CPUs) (README, Speed)
-    amp=False,           # --amp: bfloat16 forward passes (README, Speed)
+    workers=None,        # the chapter has 2; we pick by dataset (docs/speed.md)
+    amp=False,           # --amp: bfloat16 forward passes (docs/speed.md)
     batch_size=64,
     nz=100,              # latent_dim
-    epochs=10,           # 002's DCGAN config has 5; MNIST digits read clearly after 10 (README)
+    epochs=10,           # 002's DCGAN config has 5; MNIST digits read clearly after 10 (docs)
     lr=None,             # decided in main(): it depends on --clip
     beta1=0.0,           # no momentum in Adam's first moment (the WGAN-GP paper)
     beta2=0.9,
@@ -69,15 +70,14 @@ def channels(dataset):
 
 
 # Data: resize and crop to image_size, scale [0, 1] to [-1, 1], the range of G's Tanh
-def get_dataset(args, nc):
+def get_dataset(dataset, dataroot, image_size, nc):
     transform = transforms.Compose([
-        transforms.Resize(args.image_size),
-        transforms.CenterCrop(args.image_size),
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize((0.5,) * nc, (0.5,) * nc),
     ])
-    return common.load_dataset(args.dataset, args.dataroot, transform,
-                               (nc, args.image_size, args.image_size))
+    return common.load_dataset(dataset, dataroot, transform, (nc, image_size, image_size))
 
 
 # 002's WGANGenerator: a linear layer from z to a 256 x s x s volume, then two transposed
@@ -112,14 +112,14 @@ class Generator(nn.Module):
 # channels (pytorch/pytorch#30079): for nc = 1 that is 1 x 4 x 4 = 16 instead of 128 x 4 x 4, so
 # the last layer starts 11x wider than it should, half of G's pixels start saturated at ±1 in
 # the Tanh, and a saturated pixel passes no gradient back. On MNIST such pixels stayed lit, a
-# grid of dots that 2,000 iterations did not remove (README).
+# grid of dots that 2,000 iterations did not remove (docs/04_wgan_gp.md).
 def weights_init(m):
     classname = m.__class__.__name__
     if classname.find('Conv') != -1:
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        nn.init.normal_(m.weight.data, 0.0, 0.02)
     elif classname.find('BatchNorm') != -1:
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.constant_(m.bias, 0)
+        nn.init.normal_(m.weight.data, 1.0, 0.02)
+        nn.init.constant_(m.bias.data, 0)
 
 
 # §12.3 D 2 The critic: an image to one unbounded number, "how real", not a probability, so no
@@ -155,7 +155,8 @@ def gradient_penalty(critic, real, fake):
     b_size = real.size(0)
     alpha = torch.rand(b_size, 1, 1, 1, device=real.device)           # ε, one per sample
     interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)  # x̂
-    critic_interpolates = critic(interpolates)                          # D(x̂), one per sample
+    with common.float32():  # --amp: the penalty's double backward stays in float32
+        critic_interpolates = critic(interpolates)                      # D(x̂), one per sample
     gradients = torch.autograd.grad(
         outputs=critic_interpolates, inputs=interpolates,               # ∇x̂ D(x̂)
         grad_outputs=torch.ones_like(critic_interpolates),
@@ -166,13 +167,13 @@ def gradient_penalty(critic, real, fake):
 
 
 # Samples for the snapshots and --generate: G's BatchNorm in eval mode, so that each image
-# depends on its own z only (README, "Sampling: BatchNorm in eval mode")
+# depends on its own z only (docs/02_dcgan.md, "Sampling: BatchNorm in eval mode")
 def sample(netG, noise):
     netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
     training = netG.training
     netG.eval()
     with torch.no_grad():
-        fake = netG(noise).cpu()
+        fake = netG(noise).detach().cpu()
     netG.train(training)
     return fake
 
@@ -194,188 +195,122 @@ def settle_sizes(args):
 def main(argv=None):
     args, ckpt = common.get_args(parser, argv, SCRIPT)
     settle_sizes(args)
+    dataroot, workers, batch_size, image_size = args.dataroot, args.workers, args.batch_size, args.image_size
+    nz, num_epochs, lr, beta1, beta2 = args.nz, args.epochs, args.lr, args.beta1, args.beta2
+    n_critic, lambda_gp = args.n_critic, args.lambda_gp
+    nc = channels(args.dataset)
 
-    # Decide which device we want to run on: an NVIDIA GPU, else Apple's GPU, else the CPU
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else
-                              "mps" if torch.backends.mps.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    # torchrun (README, "More than one GPU"): this process joins the others and takes its own
-    # GPU. Started without torchrun, nothing changes.
-    world = common.init_processes(device)
-    device = world.device
-    cudnn.benchmark = device.type == "cuda"  # one batch shape: cuDNN may pick its algorithms once
-    print(f"Device: {device}" + (" (cudnn.benchmark on)" if cudnn.benchmark else ""))
-
+    # An NVIDIA GPU, else Apple's, else the CPU
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
+                          else "mps" if torch.backends.mps.is_available() else "cpu")
     if args.generate:
         return generate(args, ckpt, device)
+    # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
+    run = common.Run(SCRIPT, args, ckpt, device)
+    device = run.device  # under torchrun: this process's GPU
+    cudnn.benchmark = device.type == "cuda"  # one batch shape: cuDNN may time its algorithms once
 
-    print("Random Seed: ", args.seed)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    manualSeed = args.seed
+    print("Random Seed: ", manualSeed)
+    random.seed(manualSeed)
+    torch.manual_seed(manualSeed)
 
-    common.prepare_out(args.out, resume_iters=ckpt["iters"] if ckpt else None)
-    nc = channels(args.dataset)
-    dataset = get_dataset(args, nc)
-    # drop_last: every batch full, so that G's BatchNorm never sees a batch of one
-    sampler = common.EpochSampler(dataset, args.seed, world)  # this process's shard
-    dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                             num_workers=args.workers, drop_last=True,
-                                             **common.loader_options(device, args.workers))
-    # One iteration takes n_critic real batches (one per critic step) and makes one G step
-    iterations = len(dataloader) // args.n_critic  # per epoch
-    if iterations == 0:
-        raise common.UserError(f"the dataset has {len(dataset)} images, fewer than --n-critic "
-                               f"{args.n_critic} batches of --batch-size {args.batch_size}: "
-                               "use a smaller --batch-size")
-    print(f"Dataset: {args.dataset}, {len(dataset)} images of {nc}x{args.image_size}x{args.image_size}, "
-          f"{len(dataloader)} batches of {args.batch_size} per epoch: {iterations} iterations of "
-          f"{args.n_critic} critic steps + 1 G step")
-    world.say_batch(args.batch_size)
+    dataset = get_dataset(args.dataset, dataroot, image_size, nc)
+    # drop_last: every batch full, so G's BatchNorm never sees a batch of one
+    dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True)
+    iterations = len(dataloader) // n_critic  # per epoch: n_critic batches, then one G step
+    print(f"{iterations} iterations of {n_critic} critic steps + 1 G step per epoch, "
+          f"images of {nc}x{image_size}x{image_size}")
 
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
 
-    netG = Generator(args.nz, nc, args.image_size).to(device)
+    netG = Generator(nz, nc, image_size).to(device)
     netG.apply(weights_init)  # the critic keeps PyTorch's default: its Conv2d fan-in is right
     print(netG)
-    netD = Critic(nc, args.image_size).to(device)  # the critic keeps the chapter's name, D
+    netD = Critic(nc, image_size).to(device)  # the critic keeps the chapter's name, D
     print(netD)
-    # channels_last: the pixels' channels side by side in memory, the layout in which oneDNN (CPU)
-    # and cuDNN (tensor cores) run convolutions fastest. The same numbers, in another order.
-    netG = netG.to(memory_format=torch.channels_last)
-    netD = netD.to(memory_format=torch.channels_last)
-    # torchrun: DistributedDataParallel averages the gradients of all processes in backward
-    netG, netD = world.wrap(netG), world.wrap(netD)
+    # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
+    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
+    netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
+    # several GPUs: torchrun's DistributedDataParallel (docs/shared.md)
+    netG, netD = run.parallel(netG), run.parallel(netD)
 
-    fixed_noise = torch.randn(64, args.nz, device=device)
+    fixed_noise = torch.randn(64, nz, device=device)
     if args.clip:
-        # The original WGAN (Arjovsky et al.): RMSprop, since momentum made the clipped critic
-        # unstable in their experiments
-        print(f"WGAN with weight clipping to [-{args.clip}, {args.clip}]: RMSprop, lr {args.lr}, no penalty")
-        optimizerD = optim.RMSprop(netD.parameters(), lr=args.lr)
-        optimizerG = optim.RMSprop(netG.parameters(), lr=args.lr)
+        # The original WGAN (Arjovsky et al.): RMSprop, as momentum made their clipped critic unstable
+        print(f"WGAN with weight clipping to [-{args.clip}, {args.clip}]: RMSprop, lr {lr}, no penalty")
+        optimizerD = optim.RMSprop(netD.parameters(), lr=lr)
+        optimizerG = optim.RMSprop(netG.parameters(), lr=lr)
     else:
-        print(f"WGAN-GP: Adam, lr {args.lr}, betas ({args.beta1}, {args.beta2}), lambda {args.lambda_gp}")
-        optimizerD = optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
-        optimizerG = optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+        print(f"WGAN-GP: Adam, lr {lr}, betas ({beta1}, {beta2}), lambda {lambda_gp}")
+        optimizerD = optim.Adam(netD.parameters(), lr=lr, betas=(beta1, beta2))
+        optimizerG = optim.Adam(netG.parameters(), lr=lr, betas=(beta1, beta2))
+    # What a checkpoint holds; --resume loads it back into these objects here
+    run.keep(lambda: sample(netG, fixed_noise), netG=netG, netD=netD, optimizerG=optimizerG,
+             optimizerD=optimizerD, fixed_noise=fixed_noise)
 
-    # --amp: the networks' forward passes in bfloat16; the losses and the whole gradient penalty
-    # in float32 (its double backward is the delicate part). Without --amp, `with amp:` does nothing.
-    amp = common.autocast(device, args.amp)
-
-    iters = 0
-    if ckpt:  # --resume: the models, optimizers, fixed noise and random state where they were
-        iters = common.restore(ckpt, args.resume, device, netG=netG, netD=netD,
-                               optimizerG=optimizerG, optimizerD=optimizerD)
-        fixed_noise = ckpt["fixed_noise"].to(device)
-    world.seed_noise(args.seed, iters)  # torchrun: from here each process draws its own noise
-    start_epoch, start_i = common.start_point(args, iters, iterations)
-
-    history = common.History(os.path.join(args.out, "losses.csv"), ["Loss_C", "Loss_G", "W", "GP"],
-                              rows=ckpt["history"] if ckpt else ())
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-
-    def save_checkpoint():
-        common.save_training(ckpt_path, SCRIPT, args, iters, history, device, netG=netG, netD=netD,
-                             optimizerG=optimizerG, optimizerD=optimizerD, fixed_noise=fixed_noise)
-
-    # Training loop: Algorithm 1 of WGAN-GP (and of WGAN, with clipping instead of the penalty)
-    print("Starting Training Loop...")
-    speed = common.IterRate(iters)
-    fixed_fake = None
-    stop = False
+    # Training loop: Algorithm 1 of WGAN-GP (of WGAN, with clipping instead of the penalty).
+    # run.append keeps the losses (losses.csv), the snapshots go to files.
+    iters = run.iters  # 0, or where a resumed run stopped
     no_penalty = torch.zeros((), device=device)
-    with common.Interrupt(world) as interrupt:
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch, start=start_i * args.n_critic * args.batch_size)
-            batches = iter(dataloader)
-            for i in range(start_i, iterations):
 
-                ############################
-                # (1) Update the critic n_critic times: maximize D(x) - D(G(z)) (§12.3 D 2),
-                #     i.e. minimize D(G(z)) - D(x) + λ GP
-                ###########################
-                for _ in range(args.n_critic):
-                    real = next(batches)[0].to(device, memory_format=torch.channels_last,
-                                                 non_blocking=True)
-                    b_size = real.size(0)
-                    noise = torch.randn(b_size, args.nz, device=device)
-                    with amp:
-                        fake = netG(noise).detach()  # this step trains the critic only
-                        critic_real = netD(real).float().mean()    # E[D(x)]
-                        critic_fake = netD(fake).float().mean()    # E[D(G(z))]
-                    gp = gradient_penalty(netD, real, fake.float()) if not args.clip else no_penalty
-                    errD = critic_fake - critic_real + args.lambda_gp * gp
-                    netD.zero_grad()
-                    errD.backward()
-                    optimizerD.step()
-                    if args.clip:
-                        # WGAN's crude Lipschitz constraint: every critic weight into [-c, c]
-                        with torch.no_grad():
-                            for p in netD.parameters():
-                                p.clamp_(-args.clip, args.clip)
-                # W: the critic's estimate of the Wasserstein distance, E[D(x)] - E[D(G(z))]
-                W = critic_real.detach() - critic_fake.detach()
+    print("Starting Training Loop...")
+    for epoch in range(num_epochs):
+        # run.enumerate: n_critic batches an iteration, from `batches`; it resumes, saves, stops
+        for i, batches in run.enumerate(dataloader, epoch, n_critic):
 
-                ############################
-                # (2) Update G once: maximize D(G(z)), i.e. minimize -D(G(z))
-                ###########################
-                noise = torch.randn(b_size, args.nz, device=device)
-                with amp:
-                    errG = -netD(netG(noise)).float().mean()
-                netG.zero_grad()
-                errG.backward()
-                optimizerG.step()
+            ############################
+            # (1) Update the critic n_critic times: maximize D(x) - D(G(z)) (§12.3 D 2),
+            #     i.e. minimize D(G(z)) - D(x) + λ GP
+            ###########################
+            for _ in range(n_critic):
+                # non_blocking: from pinned memory, the copy need not wait for the GPU
+                real = next(batches)[0].to(device, non_blocking=True)
+                b_size = real.size(0)
+                noise = torch.randn(b_size, nz, device=device)
+                fake = netG(noise).detach()  # this step trains the critic only
+                critic_real = netD(real).mean()  # E[D(x)]
+                critic_fake = netD(fake).mean()  # E[D(G(z))]
+                gp = gradient_penalty(netD, real, fake) if not args.clip else no_penalty
+                errD = critic_fake - critic_real + lambda_gp * gp
+                netD.zero_grad()
+                errD.backward()
+                optimizerD.step()
+                if args.clip:
+                    # WGAN's crude Lipschitz constraint: every critic weight into [-c, c]
+                    with torch.no_grad():
+                        for p in netD.parameters():
+                            p.clamp_(-args.clip, args.clip)
+            # W: the critic's estimate of the Wasserstein distance, E[D(x)] - E[D(G(z))]
+            W = critic_real.detach() - critic_fake.detach()
 
-                # Losses wait on the device until the next log line (no per-iteration sync)
-                history.append(epoch, i, iters, errD, errG, W, gp)
-                if i % args.log_every == 0:
-                    row = history.flush()
-                    print('[%d/%d][%d/%d]\tLoss_C: %.4f\tLoss_G: %.4f\tW: %.4f\tGP: %.4f\t%.2f it/s'
-                          % (epoch, args.epochs, i, iterations, *row[3:], speed(iters + 1)), flush=True)
+            ############################
+            # (2) Update G once: maximize D(G(z)), i.e. minimize -D(G(z))
+            ###########################
+            noise = torch.randn(b_size, nz, device=device)
+            errG = -netD(netG(noise)).mean()
+            netG.zero_grad()
+            errG.backward()
+            optimizerG.step()
 
-                last = (epoch == args.epochs - 1 and i == iterations - 1) or iters + 1 == args.max_steps
-                if (iters % args.sample_every == 0) or last:
-                    fixed_fake = sample(netG, fixed_noise)
-                    common.save_grid(fixed_fake, os.path.join(args.out, f"fake_samples_{iters:06d}.png"))
+            # .item() here is the loop's one wait for the GPU, once a log line
+            if i % args.log_every == 0:
+                print('[%d/%d][%d/%d]\tLoss_C: %.4f\tLoss_G: %.4f\tW: %.4f\tGP: %.4f'
+                      % (epoch, num_epochs, i, iterations,
+                         errD.item(), errG.item(), W, gp.item()), run.speed(), flush=True)
+            run.append(Loss_C=errD, Loss_G=errG, W=W, GP=gp)
 
-                iters += 1
-                stop = interrupt.requested or iters == args.max_steps
-                if stop:
-                    break
-            if stop:
-                break
-            start_i = 0
-            save_checkpoint()  # the end of an epoch
+            # G's progress on fixed_noise, every sample_every iterations and at the end
+            if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i == iterations-1)):
+                run.snapshot(sample(netG, fixed_noise), iters)
 
-        if stop:  # --max-steps or Ctrl-C
-            save_checkpoint()
-            snapshot = os.path.join(args.out, f"fake_samples_{iters - 1:06d}.png")
-            if not os.path.exists(snapshot):
-                fixed_fake = sample(netG, fixed_noise)
-                common.save_grid(fixed_fake, snapshot)
+            iters += 1
 
-    common.save_checkpoint(common.unwrap(netG).state_dict(), os.path.join(args.out, "netG.pt"))
-
-    # Results: W, the number that tracks quality (it should fall as G improves), beside the losses
-    common.plot_losses({"W = D(x) - D(G(z))": history.column("W"), "critic": history.column("Loss_C"),
-                        "G": history.column("Loss_G")},
-                       "Critic's Wasserstein estimate and the losses during training",
-                       os.path.join(args.out, "losses.png"))
-    common.write_gif(args.out, os.path.join(args.out, "progress.gif"))
-    if fixed_fake is None:
-        fixed_fake = sample(netG, fixed_noise)
-    common.save_real_vs_fake(real_batch[0][:64], fixed_fake, os.path.join(args.out, "real_vs_fake.png"))
-
-    print(f"Wrote {args.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
-          "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
-    if interrupt.requested:
-        print(f"Stopped by Ctrl-C after {iters} iterations. Go on with: "
-              f"python {SCRIPT}.py --resume {ckpt_path}")
-        return 130
-    return 0
+    # Results: W, which should fall as G improves, beside the losses; G's progression
+    # (progress.gif), real vs. fake, and the trained generator (netG.pt)
+    curves = {"W = D(x) - D(G(z))": run.column("W"), "critic": run.column("Loss_C"), "G": run.column("Loss_G")}
+    return run.finish(real_batch[0][:64], curves, "Critic's Wasserstein estimate and the losses during training")
 
 
 # --generate N: N new samples from the generator of a checkpoint (or of a netG.pt)

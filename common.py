@@ -1,8 +1,6 @@
-"""Plumbing shared by the four scripts, and nothing the chapter teaches.
-
-The GANs (data transforms, device choice, models, init, losses, optimizers, the training loop,
-sampling) are in the scripts. Here: the command line, opening datasets with clear errors, the
-run folder, checkpoints, and writing the grids, the GIF, the CSV and the loss plot.
+"""Plumbing shared by the four scripts, and nothing the chapter teaches: the command line, the
+datasets' clear errors, and `Run`, which owns a training run's folder, checkpoints, Ctrl-C,
+torchrun, losses.csv and the pictures at the end. The GANs themselves are in the scripts.
 """
 import argparse
 import contextlib
@@ -15,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from urllib.error import URLError
 
 import torch
@@ -24,47 +23,66 @@ import torchvision.datasets as dset
 import torchvision.utils as vutils
 from PIL import Image
 
-# --dataset fake: how many random images torchvision's FakeData makes (its own default).
-FAKE_SIZE = 1000
-
-# Settings a resumed run may change. Every other setting of a checkpoint (dataset, sizes, batch,
-# learning rate, seed...) defines the run: changing it on resume is refused, not silently ignored.
+FAKE_SIZE = 1000  # --dataset fake: torchvision FakeData's own default size
+# A resumed run may change these; any other setting defines the run and stays with it.
 FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}
-# Settings that belong to one invocation (or one machine) and are never taken from a checkpoint.
+# Settings of one invocation (or one machine), never taken from a checkpoint.
 PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device", "labels", "amp"}
+IN_MEMORY = ("mnist", "fashion-mnist", "fake")  # small and fixed: transformed once into memory
+_MAIN = True  # False in torchrun's processes but rank 0: they write no file and print nothing
+_RUN = None  # the Run of this process, for cli()'s messages
 
 
 class UserError(Exception):
     """Something the user can fix: cli() prints it without a traceback and exits with 1."""
 
 
-class UnreadableImage(UserError):
-    """An image file that PIL cannot decode (raised in DataLoader workers too)."""
-
-
 def cli(main, argv=None):
-    """Run a script's main() as a command: user errors become a message and exit status 1."""
+    """Run a script's main() as a command: user errors become one message and exit status 1."""
     try:
         status = main(argv)
     except UserError as e:
         msg = str(e)
-        # A DataLoader worker's error reaches us wrapped with its traceback: keep the last line.
-        if "Original Traceback" in msg:
+        if "Original Traceback" in msg:  # raised in a DataLoader worker: keep the last line
             msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
         sys.exit(f"error: {msg}")
+    except RuntimeError as e:  # BCELoss refuses a NaN probability before any loss shows one
+        if "should be between 0 and 1" not in str(e) or _RUN is None:
+            raise
+        what = "D's output became NaN"
+        sys.exit(f"error: {NonFiniteLoss(what, _RUN.out)}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
     finally:
+        if _RUN is not None:
+            _RUN.restore_signals()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     sys.exit(status)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------------------------
+def _checked(kind, ok, says):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{says}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number")
+_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "must be a positive number")
+_beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+_workers = _checked(int, lambda v: v >= 0, "must be 0 or more")
+unit_value = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's --smooth, 04's --clip
+
+
 def label_list(text):
-    """--labels 7 or --labels 0,3,8: class indices, in the order given."""
+    """03's --labels 7 or --labels 0,3,8: class numbers, in the order given."""
     try:
         labels = [int(t) for t in text.split(",")]
     except ValueError:
@@ -74,67 +92,23 @@ def label_list(text):
     return labels
 
 
-def _number(text, kind):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = _number(text, float)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _beta(text):
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def unit_value(text):
-    """A number in (0, 1]: a BCE target for real images (01), a clipping bound (04)."""
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def make_parser(doc, datasets, defaults_said=None, **defaults):
-    """The flags all scripts share (CONVENTIONS.md), with the script's document values as defaults.
-
-    A model flag (--nz, --ngf, --ndf, --beta1, --beta2) exists only if the script gives a default
-    for it. defaults_said: {dest: text} for a default that depends on other flags (the script
-    then gives None and decides). Scripts add their own flags to the parser this returns.
-    """
-    defaults_said = defaults_said or {}
+    """The flags all scripts share (CONVENTIONS.md), the script's document values as defaults.
+    A model flag exists only where the script gives it a default; defaults_said: {dest: text}
+    for a default the script decides later (given as None)."""
+    said = dict(defaults_said or {})
+    if defaults.get("workers", 0) is None:
+        said["workers"] = "0 for mnist, fashion-mnist and fake, which are in memory; else min(4, CPUs)"
     p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add(flag, help, **kw):
         dest = flag[2:].replace("-", "_")
         if dest in defaults:
-            if kw.get("type") in (_positive_int, _non_negative_int, int):
+            if kw.get("type") in (_positive_int, _workers, int):
                 kw.setdefault("metavar", "N")
-            said = defaults_said.get(dest, "%(default)s")
-            p.add_argument(flag, default=defaults[dest], help=f"{help} (default: {said})", **kw)
+            text = said.get(dest, "%(default)s")
+            p.add_argument(flag, default=defaults[dest], help=f"{help} (default: {text})", **kw)
 
     add("--dataset", "which data to train on", choices=datasets)
     add("--dataroot", "parent folder of the datasets: MNIST in DIR/MNIST, CelebA in "
@@ -149,18 +123,14 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     add("--nz", "size of the latent vector z", type=_positive_int)
     add("--ngf", "size of the feature maps in the generator", type=_positive_int)
     add("--ndf", "size of the feature maps in the discriminator", type=_positive_int)
-    if "workers" in defaults and defaults["workers"] is None:
-        defaults_said.setdefault("workers", "0 for mnist, fashion-mnist and fake, which are in "
-                                            "memory; else min(4, CPUs)")
-    add("--workers", "DataLoader worker processes (0: load in the main process)",
-        type=_non_negative_int)
+    add("--workers", "DataLoader worker processes (0: load in the main process)", type=_workers)
     add("--seed", "random seed", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto picks cuda, then mps, then cpu (default: auto)")
     if "amp" in defaults:
         p.add_argument("--amp", action="store_true", help="forward passes in bfloat16 (autocast) "
                        "on CUDA and on CPUs with native bfloat16; the losses stay in float32. "
-                       "Faster, and the same results within rounding (README, Speed)")
+                       "Faster, and the same results within rounding (docs/speed.md)")
     add("--log-every", "iterations between log lines", type=_positive_int)
     add("--sample-every", "iterations between fixed-noise snapshots", type=_positive_int)
     p.add_argument("--max-steps", type=_positive_int, metavar="N",
@@ -173,23 +143,9 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     return p
 
 
-def _given_flags(parser, argv):
-    """The dests of the options that appear on the command line (not left at their default)."""
-    given = set()
-    for action in parser._actions:
-        for s in action.option_strings:
-            if any(a == s or a.startswith(s + "=") for a in argv):
-                given.add(action.dest)
-    return given
-
-
 def get_args(parser, argv, script):
-    """Parse the command line. Returns (args, checkpoint or None).
-
-    With --resume, or with --generate, the checkpoint is loaded and the run's settings come from
-    it: a flag given on the command line that contradicts it is an error. The default --out is
-    runs/<script>-<dataset> for a new run, the checkpoint's folder otherwise.
-    """
+    """Parse the command line; returns (args, checkpoint or None). With --resume or --generate
+    the run's settings come from its checkpoint, and a flag that contradicts one is an error."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.resume and args.generate:
@@ -199,19 +155,18 @@ def get_args(parser, argv, script):
                         f"(torch {torch.__version__}); use --device cpu or auto")
     if args.device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
-
     ckpt = None
     if args.generate:
-        path = args.checkpoint or os.path.join(args.out or f"runs/{script}-{args.dataset}",
-                                               "checkpoint.pt")
-        ckpt = load_checkpoint(path, script, allow_state_dict=True)
-        args.checkpoint = path
-        args.out = args.out or os.path.dirname(path) or "."
+        args.checkpoint = args.checkpoint or os.path.join(
+            args.out or f"runs/{script}-{args.dataset}", "checkpoint.pt")
+        ckpt = load_checkpoint(args.checkpoint, script, allow_state_dict=True)
+        args.out = args.out or os.path.dirname(args.checkpoint) or "."
     elif args.resume:
         ckpt = load_checkpoint(args.resume, script)
         args.out = args.out or os.path.dirname(args.resume) or "."
     if ckpt is not None and "args" in ckpt:
-        given = _given_flags(parser, argv)
+        given = {a.dest for a in parser._actions for s in a.option_strings
+                 if any(x == s or x.startswith(s + "=") for x in argv)}
         free = FREE_ON_RESUME | ({"seed"} if args.generate else set())  # --seed picks the samples
         for key, value in ckpt["args"].items():
             if key in PER_INVOCATION or key == "out" or not hasattr(args, key):
@@ -222,18 +177,15 @@ def get_args(parser, argv, script):
                 raise UserError(f"the checkpoint's run has --{key.replace('_', '-')} {value}, and "
                                 "that stays with it: drop the flag (or start a new run for new "
                                 "settings)")
-    if args.out is None:
-        args.out = f"runs/{script}-{args.dataset}"
+    args.out = args.out or f"runs/{script}-{args.dataset}"
     if getattr(args, "workers", 0) is None:
-        # In memory, a batch is an index into one tensor: worker processes would only add the
-        # copying between processes. From disk (JPEG decoding), a few workers keep the model fed.
+        # In memory a batch is an index into one tensor: workers would only add copying. From
+        # disk (JPEG decoding) a few workers keep the model fed.
         args.workers = 0 if args.dataset in IN_MEMORY else min(4, os.cpu_count() or 1)
     return args, ckpt
 
 
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
+# --- Data --------------------------------------------------------------------------------------
 CELEBA_HELP = """CelebA not found: looked in {root}: {problem}.
 The chapter's layout (§12.4.1) is
     {root}/img_align_celeba/000001.jpg ... 202599.jpg
@@ -243,64 +195,46 @@ one level too shallow. Get img_align_celeba.zip from the CelebA page
 "celeba-dataset"), then
     mkdir -p {root} && unzip img_align_celeba.zip -d {root}
 or pass --dataroot DIR where DIR/celeba/img_align_celeba holds the images."""
-
 DOWNLOAD_HELP = """could not download {name} into {folder}: {reason}
 Without internet, put the files there by hand: {files}.
 Or pass --dataroot DIR for a folder that already holds them."""
-DOWNLOAD_FILES = {
-    "mnist": "the four train-/t10k- *-idx?-ubyte files, .gz or not, into MNIST/raw/",
-    "fashion-mnist": "the four train-/t10k- *-idx?-ubyte files, .gz or not, into FashionMNIST/raw/",
-    "cifar10": "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/",
-}
+IDX_FILES = "the four train-/t10k- *-idx?-ubyte files, .gz or not, into {}/raw/"
 
 
 def read_image(path):
-    """ImageFolder's loader (PIL, converted to RGB), with the file's name in the error."""
+    """ImageFolder's loader (PIL, RGB), with the file's name in the error."""
     try:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"cannot read image {path}: {e}. Remove or replace it, "
-                              "then run again (or --resume the last checkpoint)") from None
+        raise UserError(f"cannot read image {path}: {e}. Remove or replace it, "
+                        "then run again (or --resume the last checkpoint)") from None
 
 
 def _image_folder(root, transform, what):
-    if not os.path.isdir(root):
-        if what == "celeba":
-            raise UserError(CELEBA_HELP.format(root=root, problem="the folder does not exist"))
-        raise UserError(f"--dataset folder: {root} does not exist. Pass --dataroot DIR where DIR "
-                        "has one sub-folder per class (or just one) with the images inside")
-    try:
-        return dset.ImageFolder(root=root, transform=transform, loader=read_image)
-    except FileNotFoundError:
-        flat = any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root))
-        if flat:
-            sub = "img_align_celeba" if what == "celeba" else "images"
-            problem = ("the images are directly in it, one level too shallow: move them into a "
-                       f"sub-folder, e.g. {os.path.join(root, sub)}/")
-        else:
+    problem = "the folder does not exist"
+    if os.path.isdir(root):
+        try:
+            return dset.ImageFolder(root=root, transform=transform, loader=read_image)
+        except FileNotFoundError:
             problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
-        if what == "celeba":
-            raise UserError(CELEBA_HELP.format(root=root, problem=problem)) from None
-        raise UserError(f"--dataset folder: no images found in {root}: {problem}") from None
-
-
-# Small, fixed datasets: transformed once per run into memory (MNIST at 64x64: 60,000 x 16 KB)
-IN_MEMORY = ("mnist", "fashion-mnist", "fake")
+            if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
+                sub = os.path.join(root, "img_align_celeba" if what == "celeba" else "images")
+                problem = ("the images are directly in it, one level too shallow: move them into "
+                           f"a sub-folder, e.g. {sub}/")
+    if what == "celeba":
+        raise UserError(CELEBA_HELP.format(root=root, problem=problem))
+    raise UserError(f"--dataset folder: no images found in {root}: {problem}. Pass --dataroot DIR "
+                    "where DIR has one sub-folder per class (or just one) with the images inside")
 
 
 def load_dataset(name, dataroot, transform, image_shape):
-    """The torchvision dataset behind --dataset, with a clear error when it cannot be had.
-
-    celeba: ImageFolder on <dataroot>/celeba (§12.4.1); folder: ImageFolder on <dataroot>;
-    mnist, fashion-mnist, cifar10: the torchvision class with download=True (§12.4.6);
-    fake: FakeData of image_shape (C, H, W), no download. The IN_MEMORY ones come back as
-    in_memory(dataset).
-    """
-    if name == "celeba":
-        return _image_folder(os.path.join(dataroot, "celeba"), transform, "celeba")
-    if name == "folder":
-        return _image_folder(dataroot, transform, "folder")
+    """The torchvision dataset behind --dataset, or a clear error: celeba (ImageFolder on
+    <dataroot>/celeba, §12.4.1), folder (ImageFolder on <dataroot>), mnist, fashion-mnist,
+    cifar10 (download=True, §12.4.6), fake (FakeData of image_shape (C, H, W))."""
+    if name in ("celeba", "folder"):
+        return _image_folder(os.path.join(dataroot, "celeba") if name == "celeba" else dataroot,
+                             transform, name)
     if name == "fake":
         return in_memory(dset.FakeData(size=FAKE_SIZE, image_size=image_shape, transform=transform))
     cls = {"mnist": dset.MNIST, "fashion-mnist": dset.FashionMNIST, "cifar10": dset.CIFAR10}[name]
@@ -311,45 +245,32 @@ def load_dataset(name, dataroot, transform, image_shape):
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
         raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
-                                             files=DOWNLOAD_FILES[name])) from None
+                                             files=IDX_FILES.format(cls.__name__) if name != "cifar10" else
+                                             "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/")) from None
     return in_memory(dataset) if name in IN_MEMORY else dataset
 
 
-class InMemory(torch.utils.data.TensorDataset):
-    """(images, labels) tensors, with the `classes` of the dataset they came from."""
-
-    def __init__(self, images, labels, classes):
-        super().__init__(images, labels)
-        self.classes = classes
-
-
 def in_memory(dataset):
-    """Every image of a small dataset through its transform once, kept as one tensor: each epoch
-    then indexes memory instead of making a PIL image, resizing it and converting it again for
-    every sample (the transform is the same each time: it has no random step)."""
+    """Every image of a small dataset through its (non-random) transform once, kept as one
+    tensor: no PIL resize per sample per epoch. Workers for large ones (MNIST: 17 s -> 9.5 s)."""
     start = time.perf_counter()
-    workers = min(4, os.cpu_count() or 1) if len(dataset) > 10000 else 0  # MNIST: 17 s -> 9.5 s here
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1000, num_workers=workers)
-    images, labels = zip(*loader)
+    workers = min(4, os.cpu_count() or 1) if len(dataset) > 10000 else 0
+    images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=1000, num_workers=workers))
     images, labels = torch.cat(images), torch.cat(labels)
     classes = getattr(dataset, "classes", None) or [str(c) for c in range(dataset.num_classes)]
     print(f"Transformed the {len(images)} images once, into memory: {images.nbytes / 2**20:.0f} MB "
           f"in {time.perf_counter() - start:.1f} s")
-    return InMemory(images, labels, classes)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    dataset.classes = classes
+    return dataset
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """shuffle=True whose order depends only on (seed, epoch): DistributedSampler, which also
-    gives each torchrun process its own shard of that order (rank, rank + world, ...).
+    """shuffle=True by (seed, epoch), each torchrun process on its own shard; set_epoch(epoch,
+    start) skips this process's first `start` indices unloaded, for a resume mid-epoch."""
 
-    set_epoch(epoch, start) also skips this process's first `start` indices of that epoch
-    without loading them, so a run resumed in the middle of an epoch sees exactly the batches
-    it had not seen. Alone (world 1) the order is torch.randperm(n) seeded with seed + epoch.
-    """
-
-    def __init__(self, dataset, seed, world=None):
-        rank, size = (world.rank, world.size) if world else (0, 1)
-        # drop_last: every process gets n // size indices, so all run the same number of steps
+    def __init__(self, dataset, seed, rank=0, size=1):
+        # drop_last: n // size indices each, so all processes take the same number of steps
         super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed,
                          drop_last=True)
         self.start = 0
@@ -358,117 +279,68 @@ class EpochSampler(torch.utils.data.distributed.DistributedSampler):
         super().set_epoch(epoch)
         self.start = start
 
-    def __iter__(self):
+    def __iter__(self):  # (len() stays the epoch's: the loop counts its batches from there)
         return itertools.islice(super().__iter__(), self.start, None)
-
-    def __len__(self):
-        return self.num_samples - self.start
 
 
 def _worker_init(worker_id):
-    # Ctrl-C reaches the whole process group (under torchrun too, which passes it on). The main
-    # process finishes its iteration and saves; a worker that died of the same signal would leave
-    # it without the batch it is waiting for. (SIGTERM stays: the DataLoader ends stuck workers
-    # with it.)
+    # Ctrl-C reaches the whole process group; the main process still needs its workers to
+    # finish the iteration and save. (SIGTERM stays: the DataLoader ends stuck workers with it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def loader_options(device, workers):
-    """DataLoader keywords that keep the model fed and leave the global RNG alone."""
-    generator = torch.Generator()  # worker seeds come from here, not from the global RNG
-    generator.manual_seed(0)
-    return dict(pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU faster
-                persistent_workers=workers > 0,  # no new worker processes every epoch
-                worker_init_fn=_worker_init, generator=generator)
-
-
-# ---------------------------------------------------------------------------------------------
-# --amp
-# ---------------------------------------------------------------------------------------------
+# --- --amp, torchrun ---------------------------------------------------------------------------
 def _native_bf16(device):
-    """Whether this device computes in bfloat16 natively (else autocast would emulate it, slowly)."""
+    """Whether this device computes in bfloat16 natively (else autocast emulates it, slowly)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:  # torch has no public probe for this (2.14 neither): ask Linux
+    try:  # torch has no public probe for CPUs (2.14 neither): ask Linux
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))  # bf16: Arm
+            flags = f.read().split()
+        return device.type == "cpu" and any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
     except OSError:
         return False
 
 
-def autocast(device, amp):
-    """--amp: torch.autocast to bfloat16 for the forward passes it wraps; without --amp (or where
-    bfloat16 is not native, which it says once) a context that does nothing, so the same loop
-    runs in float32. bfloat16 has float32's range, so no GradScaler is needed."""
-    if amp and not _native_bf16(device):
+_float32_only = False
+
+
+def _forward_bf16(self, *inputs):
+    with torch.autocast(self._amp_device, dtype=torch.bfloat16, enabled=not _float32_only):
+        return type(self).forward(self, *inputs).float()
+
+
+def amp(device, enabled, *models):
+    """--amp: each model's forward runs under bfloat16 autocast and hands back float32, so the
+    losses (BCELoss is not autocast-safe on CUDA) and all after them stay in float32. Without
+    --amp, or where bfloat16 is not native (said once), the models are returned unchanged."""
+    if enabled and not _native_bf16(device):
         print(f"--amp: {device.type} here has no native bfloat16 (on CPUs: AVX512-BF16 or AMX); "
               "training in float32")
-        amp = False
-    if amp:
+    elif enabled:
         print(f"--amp: forward passes in bfloat16 on {device.type}")
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        for m in models:  # a bound method, so that copy.deepcopy(m) calls the copy's forward
+            m._amp_device, m.forward = device.type, types.MethodType(_forward_bf16, m)
+    return models
 
 
-# ---------------------------------------------------------------------------------------------
-# Several processes: torchrun (README, "More than one GPU")
-# ---------------------------------------------------------------------------------------------
-_MAIN = True  # False in torchrun's processes other than rank 0: they write no file and print nothing
-_WORLD = None  # this process's World once it has joined torchrun's group
-
-
-class World:
-    """This process's place among torchrun's: rank, size and its device. Alone: rank 0 of 1."""
-
-    def __init__(self, device, rank=0, size=1, flags=None):
-        self.device, self.rank, self.size, self._flags = device, rank, size, flags
-
-    def wrap(self, model):
-        """DistributedDataParallel under torchrun: each backward averages the gradients of all
-        processes, so their copies of the model take the same steps. Alone: the model itself."""
-        if self._flags is None:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def say_batch(self, batch_size):
-        if self.size > 1:
-            print(f"torchrun: {self.size} processes, each on its own shard of the data with "
-                  f"batches of {batch_size}: a global batch of {self.size * batch_size}")
-
-    def seed_noise(self, seed, iters):
-        """Rank r > 0 draws its own noise from seed + r (and, on resume, the iterations done, so
-        that it does not draw again what it drew before); rank 0 keeps the run's generator."""
-        if self.rank > 0:
-            torch.manual_seed(seed + self.rank + 1000003 * iters)
-
-    def any(self, flag):
-        """True on every process if it is true on one (a CPU collective: no GPU sync)."""
-        if self._flags is None:
-            return flag
-        t = torch.tensor([int(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flags)
-        return bool(t.item())
-
-
-def unwrap(model):
-    """The model inside DistributedDataParallel (what checkpoints hold and rank 0 samples with)."""
-    return getattr(model, "module", model)
+@contextlib.contextmanager
+def float32():
+    """Inside, --amp's models compute in float32 (04: the gradient penalty's double backward)."""
+    global _float32_only
+    _float32_only, before = True, _float32_only
+    try:
+        yield
+    finally:
+        _float32_only = before
 
 
 def init_processes(device):
-    """Join torchrun's process group when its environment is there; returns the World.
-
-    Each process takes the GPU of its LOCAL_RANK (NCCL), or stays on the CPU (Gloo).
-    Without torchrun nothing happens: no process group, no wrappers."""
-    global _MAIN, _WORLD
+    """Join torchrun's process group when its environment is there: NCCL on this process's GPU,
+    or Gloo on the CPU. Returns (device, rank, size, the group that agrees on Ctrl-C or None)."""
+    global _MAIN, _GROUP
     if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return World(device)
-    if _WORLD is not None:  # main() called again in this process (tests, notebooks)
-        return _WORLD
+        return device, 0, 1, None
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
@@ -481,114 +353,25 @@ def init_processes(device):
     elif device.type == "mps":
         raise UserError("torchrun with --device mps: PyTorch has no multi-process backend for "
                         "Apple GPUs; use --device cpu, or run one process without torchrun")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    # Ctrl-C is agreed on over the CPU (Gloo), so checking it never waits for the GPU
-    flags = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    _WORLD = World(device, dist.get_rank(), dist.get_world_size(), flags)
-    if _WORLD.rank > 0:
+    if _GROUP is None:  # once per process (tests call main() again)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Ctrl-C is agreed on over the CPU (Gloo), so checking it never waits for the GPU
+        _GROUP = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    if dist.get_rank() > 0:
         _MAIN = False
         sys.stdout = open(os.devnull, "w")  # rank 0 alone prints (errors still go to stderr)
-    return _WORLD
+    return device, dist.get_rank(), dist.get_world_size(), _GROUP
 
 
-# ---------------------------------------------------------------------------------------------
-# The run: folder, interrupts, loss history
-# ---------------------------------------------------------------------------------------------
-def prepare_out(out, resume_iters=None):
-    """Create the run folder. A new run refuses a folder that holds a checkpoint (it would be
-    overwritten); snapshots of a previous attempt that the checkpoint does not cover are removed,
-    so progress.gif shows this run only."""
-    ckpt = os.path.join(out, "checkpoint.pt")
-    if resume_iters is None and os.path.exists(ckpt):
-        raise UserError(f"{out} already holds a run's checkpoint.pt. Continue it with --resume "
-                        f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {out})")
-    if not _MAIN:
-        return
-    os.makedirs(out, exist_ok=True)
-    for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
-        if resume_iters is None or _snapshot_iter(path) >= resume_iters:
-            os.remove(path)
+_GROUP = None
 
 
-def _snapshot_iter(path):
-    return int(os.path.basename(path)[len("fake_samples_"):-len(".png")])
+def unwrap(model):
+    """The model inside DistributedDataParallel (what checkpoints hold and samples come from)."""
+    return getattr(model, "module", model)
 
 
-class Interrupt:
-    """Ctrl-C (or SIGTERM, from torchrun or a job scheduler) sets `requested`; the loop finishes
-    its iteration, saves and stops. A second Ctrl-C stops at once (KeyboardInterrupt).
-
-    Under torchrun every process reads `requested` at the same point of each iteration, and it is
-    true on all of them as soon as one got the signal: they stop at the same iteration, and none
-    waits forever for the others."""
-
-    def __init__(self, world=None):
-        self._local, self._world, self._previous = False, world, {}
-
-    @property
-    def requested(self):
-        return self._world.any(self._local) if self._world else self._local
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self._local:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self._local = True
-        print(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this iteration, "
-              "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-class History:
-    """The per-iteration numbers behind losses.csv and losses.png.
-
-    append() keeps each iteration's values on the device: calling .item() every iteration would
-    make the CPU wait for the GPU each time. flush() brings them over in one transfer (at log
-    lines and before checkpoints), appends them to losses.csv, and raises UserError on a NaN/inf.
-    """
-
-    def __init__(self, path, columns, rows=()):
-        self.path, self.columns = path, ["epoch", "i", "iters"] + list(columns)
-        self.rows, self._pending = [list(r) for r in rows], []
-        if _MAIN:
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerows([self.columns] + self.rows)
-
-    def append(self, epoch, i, iters, *values):
-        self._pending.append(([epoch, i, iters], torch.stack(values).detach()))
-
-    def flush(self):
-        """Returns the newest row (a list, in the order of columns)."""
-        if self._pending:
-            values = torch.stack([v for _, v in self._pending]).tolist()  # the one host sync
-            new = [k + v for (k, _), v in zip(self._pending, values)]
-            self._pending = []
-            self.rows += new
-            if _MAIN:
-                with open(self.path, "a", newline="") as f:
-                    csv.writer(f).writerows(new)
-            bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
-            if bad is not None:
-                values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
-                raise NonFiniteLoss(f"a loss became NaN or infinite at iteration {bad[2]} "
-                                    f"({values})", os.path.dirname(self.path))
-        return self.rows[-1] if self.rows else None
-
-    def column(self, name):
-        k = self.columns.index(name)
-        return [r[k] for r in self.rows]
-
-
+# --- The run -----------------------------------------------------------------------------------
 class NonFiniteLoss(UserError):
     def __init__(self, what, out):
         ckpt = os.path.join(out, "checkpoint.pt")
@@ -598,58 +381,235 @@ class NonFiniteLoss(UserError):
                          "that the data has no broken images")
 
 
-@contextlib.contextmanager
-def nan_guard(out):
-    """Stop clearly when D's probabilities become NaN (its weights diverged). BCELoss refuses
-    them with a RuntimeError before any loss shows a NaN (on CUDA, with a device-side assert
-    that ends the process; the last checkpoint is safe either way)."""
-    try:
-        yield
-    except RuntimeError as e:
-        if "should be between 0 and 1" not in str(e):
-            raise
-        raise NonFiniteLoss("D's output became NaN", out) from None
+class Run:
+    """One training run, so that a script's main() shows the GAN and little else. It joins
+    torchrun's processes, prepares --out, builds the resumable DataLoader, loads a resumed run's
+    state (keep), and its enumerate() is the chapter's enumerate(dataloader, 0) that also resumes
+    mid-epoch, writes losses.csv at log lines, stops after Ctrl-C, SIGTERM or --max-steps, and
+    saves the checkpoint at each epoch's end and at a stop. finish() writes the end's files."""
+
+    def __init__(self, script, args, ckpt, device):
+        global _RUN
+        self.script, self.args, self.ckpt, self.out = script, args, ckpt, args.out
+        self.device, self.rank, self.size, self._group = init_processes(device)
+        self.iters = ckpt["iters"] if ckpt else 0
+        self.rows = [list(r) for r in ckpt["history"]] if ckpt else []  # losses.csv so far
+        self.stopped, self.interrupted, self.fake, self._signals = False, False, None, {}
+        self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
+        _prepare_out(self.out, self.iters if ckpt else None)
+        _RUN = self
+        print(f"Device: {self.device}")
+
+    def dataloader(self, dataset, batch_size, num_workers, drop_last=False):
+        """DataLoader(dataset, batch_size, shuffle=True, num_workers), but shuffled by (seed,
+        epoch) so that a resume can skip what it has seen, each torchrun process on its own
+        share; pinned memory for CUDA, the workers kept from epoch to epoch."""
+        sampler = EpochSampler(dataset, self.args.seed, self.rank, self.size)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+            drop_last=drop_last, pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(0))  # worker seeds: the global RNG stays alone
+        if len(loader) == 0:
+            raise UserError(f"the dataset has {len(dataset)} images, fewer than one batch "
+                            f"(--batch-size {batch_size}): use a smaller --batch-size")
+        classes = len(getattr(dataset, "classes", ()))
+        print(f"Dataset: {self.args.dataset}, {len(dataset)} images"
+              + (f" in {classes} classes" if classes > 1 else "")
+              + f", {len(loader)} batches of {batch_size} per epoch")
+        if self.size > 1:
+            print(f"torchrun: {self.size} processes, each on its own shard of the data with "
+                  f"batches of {batch_size}: a global batch of {self.size * batch_size}")
+        return loader
+
+    def parallel(self, model):
+        """torchrun: DistributedDataParallel (backward averages the processes' gradients, so
+        their copies take the same steps); alone, the model itself."""
+        if self._group is None:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def keep(self, sample, nrow=8, **state):
+        """What the checkpoint holds (models, optimizers, tensors, by name); a resumed run's are
+        loaded back into them here, with the random generators. sample() gives G's images of the
+        fixed noise, for the snapshot at a stop and for real_vs_fake.png."""
+        self._state, self._sample, self._nrow = state, sample, nrow
+        for name, x in state.items() if self.ckpt else ():
+            if isinstance(x, torch.nn.Module):
+                load_state(unwrap(x), self.ckpt[name], name, self.args.resume)
+            elif torch.is_tensor(x):
+                x.copy_(self.ckpt[name])
+            elif hasattr(x, "load_state_dict"):
+                x.load_state_dict(self.ckpt[name])
+        if self.ckpt:
+            set_rng_state(self.ckpt["rng"], self.device)
+        if self.rank > 0:  # torchrun: each process draws its own noise from here on
+            torch.manual_seed(self.args.seed + self.rank + 1000003 * self.iters)
+
+    def enumerate(self, dataloader, epoch, per_step=None):
+        """enumerate(dataloader, 0) over one epoch; with per_step k, (i, the batch iterator) for
+        k batches an iteration (01's k, 04's n_critic). A resumed run's past epochs yield
+        nothing, and neither do the epochs after a stop."""
+        single, per_step = per_step is None, per_step or 1
+        n = len(dataloader) // per_step  # iterations per epoch
+        if not self._started:
+            self._start(n, per_step, dataloader.batch_size)
+        if self.stopped or epoch < self.iters // n:
+            return
+        start = self.iters - epoch * n
+        dataloader.sampler.set_epoch(epoch, start=start * per_step * dataloader.batch_size)
+        batches = iter(dataloader)
+        for i in range(start, n):
+            self._at = [epoch, i, self.iters]
+            yield (i, next(batches)) if single else (i, batches)
+            self.iters += 1
+            if i % self.args.log_every == 0:
+                self.flush()
+            stop = self.interrupted
+            if self._group is not None:  # all processes stop at the same iteration
+                stop = torch.tensor([int(stop)])
+                dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group)
+            if stop or self.iters == self.args.max_steps:
+                self.stopped = True
+                break
+        self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
+        if self.stopped and not os.path.exists(self._snapshot_path(self.iters - 1)):
+            self.snapshot(self._sample(), self.iters - 1)
+
+    def _start(self, n, per_step, batch_size):
+        if n == 0:
+            raise UserError(f"an epoch has fewer than the {per_step} batches of --batch-size "
+                            f"{batch_size} one iteration takes: use a smaller --batch-size")
+        epoch, i = divmod(self.iters, n)
+        if epoch >= self.args.epochs or (self.args.max_steps and self.iters >= self.args.max_steps):
+            raise UserError(f"{self.args.resume} has done {self.iters} iterations ({epoch} epochs) "
+                            "already: pass a larger --epochs (or --max-steps) to go on")
+        if self.iters:
+            print(f"Resuming {self.args.resume}: epoch {epoch}, iteration {i} of {n}")
+        self._started, self._rate = True, (self.iters, time.perf_counter())
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._signals[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        """The first Ctrl-C (or a scheduler's SIGTERM) lets the iteration finish, then the run
+        saves and stops; a second Ctrl-C quits at once."""
+        if self.interrupted:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.interrupted = True
+        print(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this iteration, "
+              "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
+
+    def restore_signals(self):
+        while self._signals:
+            signal.signal(*self._signals.popitem())
+
+    def append(self, **values):
+        """One iteration's numbers, a row of losses.csv. They wait on the device until the next
+        log line: an .item() every iteration would make the CPU wait for the GPU each time."""
+        self._columns = self._columns or ["epoch", "i", "iters", *values]
+        self._pending.append((self._at, torch.stack([v.detach().float() for v in values.values()])))
+
+    def flush(self):
+        """The pending rows into losses.csv, in one transfer; a NaN or inf stops the run."""
+        if not self._pending:
+            return
+        values = torch.stack([v for _, v in self._pending]).tolist()  # the one host sync
+        new = [at + v for (at, _), v in zip(self._pending, values)]
+        if _MAIN:  # the first write also has the header and a resumed run's rows
+            with open(os.path.join(self.out, "losses.csv"), self._csv, newline="") as f:
+                csv.writer(f).writerows(([self._columns] + self.rows) * (self._csv == "w") + new)
+        self._pending, self.rows, self._csv = [], self.rows + new, "a"
+        bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
+        if bad is not None:
+            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self._columns[3:], bad[3:]))
+            raise NonFiniteLoss(f"a loss became NaN or infinite at iteration {bad[2]} ({said})",
+                                self.out)
+
+    def column(self, name):
+        """A column of losses.csv, the whole run's: G_losses, D_losses..."""
+        self.flush()
+        return [r[self._columns.index(name)] for r in self.rows]
+
+    def speed(self):
+        """Iterations per second since the last call, for the log line."""
+        (iters, then), now = self._rate, time.perf_counter()
+        self._rate = (self.iters + 1, now)
+        return "%.2f it/s" % ((self.iters + 1 - iters) / max(now - then, 1e-9))
+
+    def save(self):
+        self.flush()  # raises on a NaN loss, so a bad state never replaces a good checkpoint
+        save_checkpoint({
+            "script": self.script, "args": vars(self.args), "iters": self.iters,
+            "history": self.rows, "rng": rng_state(self.device),
+            **{k: unwrap(x).state_dict() if hasattr(x, "state_dict") else x
+               for k, x in self._state.items()}}, os.path.join(self.out, "checkpoint.pt"))
+
+    def _snapshot_path(self, iters):
+        return os.path.join(self.out, f"fake_samples_{iters:06d}.png")
+
+    def snapshot(self, fake, iters):
+        """G's images of the fixed noise at this iteration: the chapter's img_list, as files."""
+        self.fake = fake
+        save_grid(fake, self._snapshot_path(iters), nrow=self._nrow)
+
+    def finish(self, real, curves, title):
+        """netG.pt (the generator alone), the loss plot, progress.gif, real_vs_fake.png, and
+        where they went. Returns the exit status: 130 after Ctrl-C, else 0."""
+        self.restore_signals()
+        save_checkpoint(unwrap(self._state["netG"]).state_dict(), os.path.join(self.out, "netG.pt"))
+        plot_losses(curves, title, os.path.join(self.out, "losses.png"))
+        write_gif(self.out, os.path.join(self.out, "progress.gif"))
+        fake = self.fake if self.fake is not None else self._sample()
+        save_real_vs_fake(real, fake, os.path.join(self.out, "real_vs_fake.png"), self._nrow)
+        print(f"Wrote {self.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
+              "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
+        if self.interrupted:
+            print(f"Stopped by Ctrl-C after {self.iters} iterations. Go on with: "
+                  f"python {self.script}.py --resume {os.path.join(self.out, 'checkpoint.pt')}")
+            return 130
+        return 0
 
 
-class IterRate:
-    """Iterations per second since the previous call."""
+def _prepare_out(out, resume_iters):
+    """A new run refuses a folder that holds a checkpoint; snapshots the checkpoint does not
+    cover (a previous attempt's) are removed, so progress.gif shows this run only."""
+    ckpt = os.path.join(out, "checkpoint.pt")
+    if resume_iters is None and os.path.exists(ckpt):
+        raise UserError(f"{out} already holds a run's checkpoint.pt. Continue it with --resume "
+                        f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {out})")
+    if _MAIN:
+        os.makedirs(out, exist_ok=True)
+        for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
+            if resume_iters is None or _snapshot_iter(path) >= resume_iters:
+                os.remove(path)
 
-    def __init__(self, iters):
-        self.iters, self.time = iters, time.perf_counter()
 
-    def __call__(self, iters):
-        now = time.perf_counter()
-        rate = (iters - self.iters) / max(now - self.time, 1e-9)
-        self.iters, self.time = iters, now
-        return rate
+def _snapshot_iter(path):
+    return int(os.path.basename(path)[len("fake_samples_"):-len(".png")])
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+# --- Checkpoints -------------------------------------------------------------------------------
 def rng_state(device):
-    """The random generators a resumed run must continue from (noise is drawn on `device`)."""
-    state = {"cpu": torch.get_rng_state(), "device_type": device.type, "device": None}
-    if device.type == "cuda":
-        state["device"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "get_rng_state"):
-        state["device"] = torch.mps.get_rng_state()
-    return state
+    """The random generators a resumed run continues from (noise is drawn on `device`)."""
+    gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(device.type)
+    return {"cpu": torch.get_rng_state(), "device_type": device.type,
+            "device": gpu.get_rng_state() if gpu else None}
 
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if state.get("device") is None or state.get("device_type") != device.type:
-        return  # saved on another kind of device: the noise there goes on from its own seed
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["device"], device)
-    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "set_rng_state"):
-        torch.mps.set_rng_state(state["device"])
+    gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(device.type)
+    if gpu and state["device"] is not None and state["device_type"] == device.type:
+        gpu.set_rng_state(state["device"])  # (from another kind of device: its own seed goes on)
 
 
 def save_checkpoint(ckpt, path):
-    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact.
-    Under torchrun, rank 0 alone writes."""
+    """Atomic: a crash or Ctrl-C during the write leaves the previous file intact. Under
+    torchrun, rank 0 alone writes."""
     if not _MAIN:
         return
     tmp = path + ".tmp"
@@ -661,11 +621,8 @@ def save_checkpoint(ckpt, path):
 
 
 def load_checkpoint(path, script, allow_state_dict=False):
-    """torch.load(weights_only=True) with a clear error for every way it can go wrong.
-
-    With allow_state_dict, a bare generator state_dict (netG.pt) is accepted too and returned
-    as {"netG": state_dict}.
-    """
+    """torch.load(weights_only=True) with a clear error for every way it can go wrong; with
+    allow_state_dict, a bare generator state_dict (netG.pt) comes back as {"netG": it}."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train first (python {script}.py ...), "
                         "or pass the right path")
@@ -694,49 +651,12 @@ def load_state(module, state, what, path):
                         "Were the sizes (--nz, --ngf, --ndf, --dataset) different?") from None
 
 
-def save_training(path, script, args, iters, history, device, **state):
-    """The one checkpoint dict of a run: its settings, where it is, its loss history, the random
-    generators, and every model, optimizer (as state_dicts) or tensor passed by name."""
-    history.flush()  # raises on a NaN loss, so a bad state never replaces a good checkpoint
-    save_checkpoint({
-        "script": script, "args": vars(args), "iters": iters, "history": history.rows,
-        "rng": rng_state(device),
-        **{name: unwrap(x).state_dict() if hasattr(x, "state_dict") else x
-           for name, x in state.items()},
-    }, path)
-
-
-def restore(ckpt, path, device, **state):
-    """Load a save_training checkpoint into the models and optimizers passed by name (the
-    names it was saved under) and the random generators; returns the iterations done."""
-    for name, x in state.items():
-        if isinstance(x, torch.nn.Module):
-            load_state(unwrap(x), ckpt[name], name, path)
-        else:
-            x.load_state_dict(ckpt[name])
-    set_rng_state(ckpt["rng"], device)
-    return ckpt["iters"]
-
-
-def start_point(args, iters, per_epoch):
-    """(epoch, iteration in it) where a run that has done `iters` iterations goes on."""
-    start_epoch, start_i = divmod(iters, per_epoch)
-    if start_epoch >= args.epochs or (args.max_steps and iters >= args.max_steps):
-        raise UserError(f"{args.resume} has done {iters} iterations ({start_epoch} epochs) "
-                        "already: pass a larger --epochs (or --max-steps) to go on")
-    if iters:
-        print(f"Resuming {args.resume}: epoch {start_epoch}, iteration {start_i} of {per_epoch}")
-    return start_epoch, start_i
-
-
-# ---------------------------------------------------------------------------------------------
-# What a run writes
-# ---------------------------------------------------------------------------------------------
-def save_grid(images, path, nrow=8, padding=2):
-    """Images in [-1, 1] (Tanh, Normalize(0.5, 0.5)) as a PNG grid. A fixed range, not the
-    batch's min and max, so that one image's brightness never depends on the others."""
+# --- Pictures ----------------------------------------------------------------------------------
+def save_grid(images, path, nrow=8):
+    """Images in [-1, 1] as a PNG grid, on a fixed range rather than the batch's min and max, so
+    one image's brightness never depends on the others."""
     if _MAIN:
-        vutils.save_image(images, path, nrow=nrow, padding=padding, normalize=True, value_range=(-1, 1))
+        vutils.save_image(images, path, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
 
 
 def save_real_vs_fake(real, fake, path, fake_nrow=8):
@@ -747,17 +667,15 @@ def save_real_vs_fake(real, fake, path, fake_nrow=8):
     b = vutils.make_grid(fake, nrow=fake_nrow, padding=2, normalize=True, value_range=(-1, 1))
     h = max(a.shape[1], b.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
-    gap = torch.ones(3, h, 16)
-    vutils.save_image(torch.cat([pad(a), gap, pad(b)], dim=2), path)
+    vutils.save_image(torch.cat([pad(a), torch.ones(3, h, 16), pad(b)], dim=2), path)
 
 
 def write_gif(out, path):
     """§12.4.5's animation of G's progression, as a file: every fake_samples_*.png in order."""
     files = sorted(glob.glob(os.path.join(out, "fake_samples_*.png")), key=_snapshot_iter)
-    if not files or not _MAIN:
-        return
-    frames = [Image.open(f).convert("RGB") for f in files]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000, loop=0)
+    if files and _MAIN:
+        frames = [Image.open(f).convert("RGB") for f in files]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000, loop=0)
 
 
 _said_no_matplotlib = False
@@ -767,7 +685,7 @@ def plot_losses(curves, title, path):
     """The chapter's loss plot (§12.4.5) where matplotlib is installed; it is optional."""
     global _said_no_matplotlib
     if not _MAIN:
-        return False
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -777,7 +695,7 @@ def plot_losses(curves, title, path):
             print("matplotlib is not installed, so there is no losses.png "
                   "(pip install matplotlib); losses.csv has the numbers")
             _said_no_matplotlib = True
-        return False
+        return
     fig = plt.figure(figsize=(10, 5))
     plt.title(title)
     for label, values in curves.items():
@@ -787,4 +705,3 @@ def plot_losses(curves, title, path):
     plt.legend()
     fig.savefig(path)
     plt.close(fig)
-    return True

@@ -27,8 +27,8 @@ common.FAKE_SIZE = int(os.environ.get("FAKE_SIZE", common.FAKE_SIZE))
 torch.set_num_threads(1)  # two processes on a 2-core machine
 
 wrapped = []
-wrap = common.World.wrap
-common.World.wrap = lambda self, model: wrapped.append(wrap(self, model)) or wrapped[-1]
+parallel = common.Run.parallel
+common.Run.parallel = lambda self, model: wrapped.append(parallel(self, model)) or wrapped[-1]
 
 for name, script, argv in jobs:
     wrapped.clear()

@@ -33,7 +33,7 @@ def test_a_run_writes_every_output(tmp_path, capsys):
 
     # the console: device, seed, data, both networks, the chapter's log line with it/s
     assert "Device: cpu" in log and "Random Seed:  999" in log
-    assert "Dataset: fake, 32 images, 4 batches of 8 per epoch" in log
+    assert "Dataset: fake, 32 images in 10 classes, 4 batches of 8 per epoch" in log
     assert "Generator(" in log and "Discriminator(" in log
     assert "[1/2][2/4]\tLoss_D: " in log and "\tD(G(z)): " in log and " it/s" in log
 
@@ -175,15 +175,15 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
     """A scheduler's SIGTERM (or kill PID) during iteration 2: the run finishes that iteration,
     saves and stops with status 130, as for the first Ctrl-C."""
     calls = []
-    append = common.History.append
+    append = common.Run.append
 
-    def append_then_sigterm(self, *args):
-        append(self, *args)
+    def append_then_sigterm(self, **values):
+        append(self, **values)
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(common.History, "append", append_then_sigterm)
+    monkeypatch.setattr(common.Run, "append", append_then_sigterm)
     out = tmp_path / "run"
     assert dcgan.main(TINY + ["--out", str(out), "--epochs", "50"]) == 130
     assert load(out / "checkpoint.pt")["iters"] == 2 and len(read_csv(out / "losses.csv")) == 2
@@ -335,12 +335,16 @@ def test_diverging_weights_stop_clearly_and_keep_the_last_good_checkpoint(tmp_pa
 
 
 def test_a_nan_in_the_losses_is_caught_at_the_next_flush(tmp_path):
-    history = common.History(str(tmp_path / "losses.csv"), ["Loss_D", "Loss_G"])
-    history.append(0, 0, 0, torch.tensor(1.0), torch.tensor(2.0))
-    assert history.flush() == [0, 0, 0, 1.0, 2.0]
-    history.append(0, 1, 1, torch.tensor(float("nan")), torch.tensor(2.0))
+    run = common.Run("02_dcgan", dcgan.parser.parse_args(["--out", str(tmp_path)]), None,
+                     torch.device("cpu"))
+    run._at = [0, 0, 0]  # what run.enumerate sets for each iteration
+    run.append(Loss_D=torch.tensor(1.0), Loss_G=torch.tensor(2.0))
+    run.flush()
+    assert run.rows == [[0, 0, 0, 1.0, 2.0]]
+    run._at = [0, 1, 1]
+    run.append(Loss_D=torch.tensor(float("nan")), Loss_G=torch.tensor(2.0))
     with pytest.raises(common.NonFiniteLoss, match="NaN or infinite at iteration 1"):
-        history.flush()
+        run.flush()
     assert len(read_csv(tmp_path / "losses.csv")) == 2  # the bad row is on record, for a look
 
 
@@ -432,6 +436,6 @@ def test_epoch_sampler_resumes_inside_an_epoch():
     order = list(s)
     assert sorted(order) == list(range(20))  # a permutation: every image once an epoch
     s.set_epoch(1, start=8)
-    assert list(s) == order[8:] and len(s) == 12
+    assert list(s) == order[8:] and len(s) == 20  # len: the epoch's, skipped part included
     s.set_epoch(2)
     assert list(s) != order  # a new order every epoch

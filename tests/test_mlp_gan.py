@@ -168,8 +168,8 @@ def test_the_alternating_loop_learns_the_data(tmp_path, monkeypatch):
     # an epoch 30 batches long, so that the run is not mostly end-of-epoch checkpoints.
     read_folder = gan.get_dataset
 
-    def in_memory(args):
-        folder = read_folder(args)
+    def in_memory(dataset, dataroot):
+        folder = read_folder(dataset, dataroot)
         images = torch.stack([folder[n][0] for n in range(len(folder))])
         assert set(images.unique().tolist()) == {-1.0, 1.0}  # the bars, exactly, on [-1, 1]
         return torch.utils.data.TensorDataset(images.repeat(10, 1, 1, 1),

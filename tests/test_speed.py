@@ -1,4 +1,4 @@
-"""The speed features (README, Speed): channels_last, --amp, the in-memory datasets.
+"""The speed features (docs/speed.md): channels_last, --amp, the in-memory datasets.
 
 Speed itself is measured by benchmarks/step_time.py, not here: these tests check that the
 faster paths compute the same thing.
@@ -66,10 +66,9 @@ def test_channels_last_computes_the_same_numbers(name):
 
 
 def capture_models(monkeypatch):
-    """The models each script passes to world.wrap (after it has laid them out)."""
+    """The models each script passes to run.parallel (after it has laid them out)."""
     models = []
-    wrap = common.World.wrap
-    monkeypatch.setattr(common.World, "wrap", lambda self, m: models.append(wrap(self, m)) or m)
+    monkeypatch.setattr(common.Run, "parallel", lambda self, m: models.append(m) or m)
     return models
 
 
@@ -85,7 +84,7 @@ def run(name, out, *extra):
 def test_channels_last_training_and_amp_close_to_float32(name, tmp_path, monkeypatch, capsys):
     models = capture_models(monkeypatch)
     fp32 = run(name, tmp_path / "fp32")
-    # the script trains in channels_last: its models as it hands them to world.wrap
+    # the script trains in channels_last: its models as it hands them to run.parallel
     conv_weights = [p for m in models for p in m.parameters() if p.dim() == 4]
     assert len(models) == 2 and conv_weights
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
@@ -114,40 +113,47 @@ def test_amp_without_native_bfloat16_says_so_and_trains_in_float32(tmp_path, mon
     assert amp == fp32
 
 
-def autocast_on():
-    try:
-        return torch.is_autocast_enabled("cpu")  # torch >= 2.4
-    except TypeError:
-        return torch.is_autocast_cpu_enabled()
-
-
 def test_gradient_penalty_runs_in_float32_under_amp(tmp_path, monkeypatch):
-    """With --amp, 04 calls gradient_penalty outside autocast, on float32 images: the critic's
-    forward on x̂ and the double backward run in float32 (inside autocast they would not)."""
+    """With --amp the critic computes in bfloat16, except inside gradient_penalty, where
+    common.float32() keeps its forward (and so the double backward) in float32."""
     wgan = load_script("04_wgan_gp")
     monkeypatch.setattr(common, "_native_bf16", lambda device: True)
-    calls = []
+    inside, seen = [], set()
     penalty = wgan.gradient_penalty
 
     def recording_penalty(critic, real, fake):
+        inside.append(True)
         gp = penalty(critic, real, fake)
-        calls.append((autocast_on(), real.dtype, fake.dtype, gp.dtype))
+        inside.pop()
+        assert gp.dtype == torch.float32
         return gp
 
+    original = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward",
+                        lambda self, x: seen.add((bool(inside), original(self, x).dtype)) or original(self, x))
     monkeypatch.setattr(wgan, "gradient_penalty", recording_penalty)
     run("04_wgan_gp", tmp_path, "--amp")
-    assert calls and set(calls) == {(False, torch.float32, torch.float32, torch.float32)}
-    # and what autocast would have done to it
-    critic, real = wgan.Critic(1, 28), torch.randn(4, 1, 28, 28)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert critic(real).dtype == torch.bfloat16
+    assert seen == {(True, torch.float32), (False, torch.bfloat16)}
+
+
+def test_amp_models_copy_with_their_own_weights(monkeypatch):
+    """common.amp binds the autocast forward to the model, so a deepcopy (an EMA copy, say)
+    runs its own weights, not the original's."""
+    monkeypatch.setattr(common, "_native_bf16", lambda device: True)
+    model, = common.amp(torch.device("cpu"), True, torch.nn.Linear(4, 1))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.weight.zero_(), twin.bias.zero_()
+    x = torch.ones(2, 4)
+    assert torch.equal(twin(x), torch.zeros(2, 1)) and not torch.equal(model(x), torch.zeros(2, 1))
+    assert model(x).dtype == torch.float32  # computed in bfloat16, handed back in float32
 
 
 def test_small_datasets_are_transformed_once_into_memory():
     transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
                                     transforms.Normalize((0.5,), (0.5,))])
     data = common.load_dataset("fake", "unused", transform, (1, 28, 28))
-    assert isinstance(data, common.InMemory) and len(data) == common.FAKE_SIZE
+    assert isinstance(data, torch.utils.data.TensorDataset) and len(data) == common.FAKE_SIZE
     source = dset.FakeData(size=common.FAKE_SIZE, image_size=(1, 28, 28), transform=transform)
     for k in (0, 5, common.FAKE_SIZE - 1):
         image, label = source[k]
