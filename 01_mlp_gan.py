@@ -129,6 +129,7 @@ def main(argv=None):
     run = common.Run(SCRIPT, args, ckpt, device)
     device = run.device  # under torchrun: this process's GPU
 
+    # the documents' seed, so that a run can be repeated
     manualSeed = args.seed
     print("Random Seed: ", manualSeed)
     random.seed(manualSeed)

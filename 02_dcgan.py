@@ -89,7 +89,7 @@ class Generator(nn.Module):
     def __init__(self, nz, ngf, nc):
         super(Generator, self).__init__()
         self.main = nn.Sequential(
-            # input is Z, going into a convolution
+            # input: z, nz x 1 x 1
             nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),
             nn.BatchNorm2d(ngf * 8),
             nn.ReLU(True),
@@ -165,12 +165,9 @@ def main(argv=None):
     nz, ngf, ndf, num_epochs, lr, beta1 = args.nz, args.ngf, args.ndf, args.epochs, args.lr, args.beta1
     nc = channels(args.dataset)
 
-    # Decide which device we want to run on: an NVIDIA GPU, else Apple's, else the CPU
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else
-                              "mps" if torch.backends.mps.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    # An NVIDIA GPU, else Apple's, else the CPU
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
+                          else "mps" if torch.backends.mps.is_available() else "cpu")
     if args.generate:
         return generate(args, ckpt, device)
     # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
@@ -178,23 +175,22 @@ def main(argv=None):
     device = run.device  # under torchrun: this process's GPU
     cudnn.benchmark = device.type == "cuda"  # one batch shape: cuDNN may time its algorithms once
 
-    # Set random seed for reproducibility
+    # the chapter's seed, so that a run can be repeated
     manualSeed = args.seed
     print("Random Seed: ", manualSeed)
     random.seed(manualSeed)
     torch.manual_seed(manualSeed)
 
-    # Create the dataset
     dataset = get_dataset(args.dataset, dataroot, image_size, nc)
-    # Create the dataloader. drop_last: a last, smaller batch (of one, maybe) would upset
-    # BatchNorm; run.dataloader shuffles so that a resumed run can finish its epoch.
+    # drop_last: a last, smaller batch (of one, maybe) would upset BatchNorm. run.dataloader
+    # shuffles by (seed, epoch) so that a resumed run can finish its epoch.
     dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True)
 
-    # Plot some training images
+    # the chapter's "Training Images", as a file
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
 
-    # Create the generator and the discriminator, §12.4.2-3, with §12.4.6's weights_init
+    # §12.4.2-3's networks, with §12.4.6's weights_init
     netG = Generator(nz, ngf, nc).to(device)
     netG.apply(weights_init)
     print(netG)
@@ -204,7 +200,7 @@ def main(argv=None):
     # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
     netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
     netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
-    # Handle multi-gpu if desired: torchrun's DistributedDataParallel (docs/shared.md)
+    # the chapter's DataParallel for several GPUs: torchrun's DistributedDataParallel instead
     netG, netD = run.parallel(netG), run.parallel(netD)
 
     # §12.4.4 Loss functions and optimizers. BCELoss's target y picks the term of Eq. (1):
@@ -214,82 +210,71 @@ def main(argv=None):
     # 64 latent vectors drawn once, to watch G's progress on the same points
     fixed_noise = torch.randn(64, nz, 1, 1, device=device)
 
-    # The GAN paper's labels
+    # the GAN paper's convention: real 1, fake 0
     real_label = 1.
     fake_label = 0.
 
-    # Setup Adam optimizers for both G and D
     optimizerD = optim.Adam(netD.parameters(), lr=lr, betas=(beta1, 0.999))
     optimizerG = optim.Adam(netG.parameters(), lr=lr, betas=(beta1, 0.999))
     # What a checkpoint holds; --resume loads it back into these objects here
     run.keep(lambda: sample(netG, fixed_noise), netG=netG, netD=netD, optimizerG=optimizerG,
              optimizerD=optimizerD, fixed_noise=fixed_noise)
 
-    # §12.4.5 Training Loop. The losses go to run.append, which keeps the chapter's G_losses and
-    # D_losses (and losses.csv); the snapshots go to files rather than img_list.
+    # §12.4.5 Training Loop. run.append keeps the losses (G_losses, D_losses, losses.csv); the
+    # snapshots go to files, not img_list.
     iters = run.iters  # 0, or where a resumed run stopped
 
     print("Starting Training Loop...")
-    # For each epoch
     for epoch in range(num_epochs):
-        # For each batch in the dataloader; run.enumerate also resumes, saves and stops
+        # run.enumerate: the chapter's enumerate, which also resumes, saves and stops
         for i, data in run.enumerate(dataloader, epoch):
 
             ############################
             # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
             ###########################
-            ## Train with all-real batch
             netD.zero_grad()
-            # Format batch (non_blocking: with pinned memory, the GPU does not wait for the copy)
-            real_cpu = data[0].to(device, non_blocking=True)
+            # channels_last like the models (else the first convolution converts it: 13 % of
+            # an --amp step here); non_blocking: from pinned memory, no wait for the GPU
+            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
             b_size = real_cpu.size(0)
             label = torch.full((b_size,), real_label, dtype=torch.float, device=device)
-            # Forward pass real batch through D
             output = netD(real_cpu).view(-1)
-            # the first term of Eq. (1), as a loss to minimise: -log D(x)
-            errD_real = criterion(output, label)
+            errD_real = criterion(output, label)  # -log D(x): Eq. (1)'s first term, to minimise
             errD_real.backward()
             D_x = output.mean().detach()  # no .item(): it would make the CPU wait for the GPU
 
-            ## Train with all-fake batch
             noise = torch.randn(b_size, nz, 1, 1, device=device)
             fake = netG(noise)
             label.fill_(fake_label)
             # detach(): this step trains D, so no gradient flows on into G
             output = netD(fake.detach()).view(-1)
-            # the second term: -log(1 - D(G(z)))
-            errD_fake = criterion(output, label)
-            # backward() adds to the gradients of errD_real: one step for the sum
-            errD_fake.backward()
+            errD_fake = criterion(output, label)  # -log(1 - D(G(z))): the second term
+            errD_fake.backward()  # adds to errD_real's gradients: one step for the sum
             D_G_z1 = output.mean().detach()
             errD = errD_real + errD_fake
-            # Update D
             optimizerD.step()
 
             ############################
             # (2) Update G network: maximize log(D(G(z)))
             ###########################
             netG.zero_grad()
-            # the non-saturating loss, -log D(G(z)): strong gradients while D wins (§12.3 D)
-            label.fill_(real_label)  # fake labels are real for generator cost
+            # target 1 for fakes: the non-saturating loss -log D(G(z)), strong while D wins (§12.3 D)
+            label.fill_(real_label)
             # D has just changed, so it judges the same fakes again
             output = netD(fake).view(-1)
             errG = criterion(output, label)
             errG.backward()
             D_G_z2 = output.mean().detach()
-            # Update G
             optimizerG.step()
 
-            # Output training stats (.item() here: the one wait for the GPU, once a log line)
+            # .item() here is the loop's one wait for the GPU, once a log line
             if i % args.log_every == 0:
                 print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
                       % (epoch, num_epochs, i, len(dataloader),
                          errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
-
-            # Save Losses for plotting later
             run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
-            # Check how the generator is doing by saving G's output on fixed_noise
+            # G's progress on fixed_noise, every sample_every iterations and at the end
             if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i == len(dataloader)-1)):
                 run.snapshot(sample(netG, fixed_noise), iters)
 

@@ -183,19 +183,16 @@ def main(argv=None):
     random.seed(manualSeed)
     torch.manual_seed(manualSeed)
 
-    # MNIST's classes are "0 - zero"...; a folder's, its sub-folders
     dataset = get_dataset(args.dataset, dataroot, image_size, nc)
     classes = [str(c) for c in dataset.classes]
     num_classes = len(classes)
-    # The last batch is smaller, as in the chapter. run.dataloader shuffles by (seed, epoch) so
-    # that a resumed run can finish its epoch.
+    # no drop_last: the last batch is smaller, as in the chapter
     dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers)
 
     # the chapter's "Training Images", as a file
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
 
-    # Fig. 15's networks, with weights_init
     netG = Generator(nz, ngf, nc, num_classes).to(device)
     netG.apply(weights_init)
     print(netG)
@@ -233,8 +230,8 @@ def main(argv=None):
             # (1) Update D network: maximize log(D(x|y)) + log(1 - D(G(z|y)|y))
             ###########################
             netD.zero_grad()
-            # non_blocking: from pinned memory, the copy need not wait for the GPU
-            real_cpu = data[0].to(device, non_blocking=True)
+            # channels_last like the models; non_blocking: from pinned memory, no wait for the GPU
+            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
             b_size = real_cpu.size(0)
             if b_size != batch_size:  # the epoch's last batch
                 y_real_ = torch.ones(b_size)

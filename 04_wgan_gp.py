@@ -210,6 +210,7 @@ def main(argv=None):
     device = run.device  # under torchrun: this process's GPU
     cudnn.benchmark = device.type == "cuda"  # one batch shape: cuDNN may time its algorithms once
 
+    # the documents' seed, so that a run can be repeated
     manualSeed = args.seed
     print("Random Seed: ", manualSeed)
     random.seed(manualSeed)
@@ -219,8 +220,7 @@ def main(argv=None):
     # drop_last: every batch full, so G's BatchNorm never sees a batch of one
     dataloader = run.dataloader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True)
     iterations = len(dataloader) // n_critic  # per epoch: n_critic batches, then one G step
-    print(f"{iterations} iterations of {n_critic} critic steps + 1 G step per epoch, "
-          f"images of {nc}x{image_size}x{image_size}")
+    print(f"{iterations} iterations of {n_critic} critic steps + 1 G step, images {nc}x{image_size}x{image_size}")
 
     real_batch = next(iter(dataloader))
     common.save_grid(real_batch[0][:64], os.path.join(args.out, "real_samples.png"))
@@ -253,7 +253,6 @@ def main(argv=None):
     # Training loop: Algorithm 1 of WGAN-GP (of WGAN, with clipping instead of the penalty).
     # run.append keeps the losses (losses.csv), the snapshots go to files.
     iters = run.iters  # 0, or where a resumed run stopped
-    no_penalty = torch.zeros((), device=device)
 
     print("Starting Training Loop...")
     for epoch in range(num_epochs):
@@ -265,14 +264,14 @@ def main(argv=None):
             #     i.e. minimize D(G(z)) - D(x) + λ GP
             ###########################
             for _ in range(n_critic):
-                # non_blocking: from pinned memory, the copy need not wait for the GPU
-                real = next(batches)[0].to(device, non_blocking=True)
+                # channels_last like the models; non_blocking: from pinned memory, no wait
+                real = next(batches)[0].to(device, memory_format=torch.channels_last, non_blocking=True)
                 b_size = real.size(0)
                 noise = torch.randn(b_size, nz, device=device)
                 fake = netG(noise).detach()  # this step trains the critic only
                 critic_real = netD(real).mean()  # E[D(x)]
                 critic_fake = netD(fake).mean()  # E[D(G(z))]
-                gp = gradient_penalty(netD, real, fake) if not args.clip else no_penalty
+                gp = gradient_penalty(netD, real, fake) if not args.clip else torch.zeros((), device=device)
                 errD = critic_fake - critic_real + lambda_gp * gp
                 netD.zero_grad()
                 errD.backward()

@@ -49,8 +49,7 @@ def cli(main, argv=None):
     except RuntimeError as e:  # BCELoss refuses a NaN probability before any loss shows one
         if "should be between 0 and 1" not in str(e) or _RUN is None:
             raise
-        what = "D's output became NaN"
-        sys.exit(f"error: {NonFiniteLoss(what, _RUN.out)}")
+        sys.exit("error: " + str(diverged(_RUN.out, "D's output became NaN")))
     except KeyboardInterrupt:
         sys.exit("interrupted")
     finally:
@@ -187,14 +186,11 @@ def get_args(parser, argv, script):
 
 # --- Data --------------------------------------------------------------------------------------
 CELEBA_HELP = """CelebA not found: looked in {root}: {problem}.
-The chapter's layout (§12.4.1) is
-    {root}/img_align_celeba/000001.jpg ... 202599.jpg
-ImageFolder wants the images one sub-folder below {root}; images directly in {root} are
-one level too shallow. Get img_align_celeba.zip from the CelebA page
-(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "Align&Cropped Images"; also on Kaggle as
-"celeba-dataset"), then
-    mkdir -p {root} && unzip img_align_celeba.zip -d {root}
-or pass --dataroot DIR where DIR/celeba/img_align_celeba holds the images."""
+The chapter's layout (§12.4.1) is {root}/img_align_celeba/000001.jpg ... 202599.jpg (ImageFolder
+wants them one sub-folder down: images directly in {root} are one level too shallow). Get
+img_align_celeba.zip ("Align&Cropped Images" at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html,
+or Kaggle's "celeba-dataset"), then: mkdir -p {root} && unzip img_align_celeba.zip -d {root}
+(or pass --dataroot DIR where DIR/celeba/img_align_celeba holds the images; docs/shared.md)"""
 DOWNLOAD_HELP = """could not download {name} into {folder}: {reason}
 Without internet, put the files there by hand: {files}.
 Or pass --dataroot DIR for a folder that already holds them."""
@@ -373,12 +369,15 @@ def unwrap(model):
 
 # --- The run -----------------------------------------------------------------------------------
 class NonFiniteLoss(UserError):
-    def __init__(self, what, out):
-        ckpt = os.path.join(out, "checkpoint.pt")
-        kept = (f"The last good checkpoint, {ckpt}, is kept (--resume it to go on from there)"
-                if os.path.exists(ckpt) else "No checkpoint had been written yet")
-        super().__init__(f"{what}, so training stopped. {kept}. Try a lower --lr, and check "
-                         "that the data has no broken images")
+    """The run diverged: what, that the last good checkpoint is kept, what to try."""
+
+
+def diverged(out, what):
+    ckpt = os.path.join(out, "checkpoint.pt")
+    kept = (f"The last good checkpoint, {ckpt}, is kept (--resume it to go on from there)"
+            if os.path.exists(ckpt) else "No checkpoint had been written yet")
+    return NonFiniteLoss(f"{what}, so training stopped. {kept}. Try a lower --lr, and check that "
+                         "the data has no broken images")
 
 
 class Run:
@@ -526,8 +525,7 @@ class Run:
         bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
         if bad is not None:
             said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self._columns[3:], bad[3:]))
-            raise NonFiniteLoss(f"a loss became NaN or infinite at iteration {bad[2]} ({said})",
-                                self.out)
+            raise diverged(self.out, f"a loss became NaN or infinite at iteration {bad[2]} ({said})")
 
     def column(self, name):
         """A column of losses.csv, the whole run's: G_losses, D_losses..."""
@@ -561,7 +559,8 @@ class Run:
         where they went. Returns the exit status: 130 after Ctrl-C, else 0."""
         self.restore_signals()
         save_checkpoint(unwrap(self._state["netG"]).state_dict(), os.path.join(self.out, "netG.pt"))
-        plot_losses(curves, title, os.path.join(self.out, "losses.png"))
+        if _MAIN:
+            plot_losses(curves, title, os.path.join(self.out, "losses.png"))
         write_gif(self.out, os.path.join(self.out, "progress.gif"))
         fake = self.fake if self.fake is not None else self._sample()
         save_real_vs_fake(real, fake, os.path.join(self.out, "real_vs_fake.png"), self._nrow)
@@ -678,24 +677,15 @@ def write_gif(out, path):
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000, loop=0)
 
 
-_said_no_matplotlib = False
-
-
 def plot_losses(curves, title, path):
     """The chapter's loss plot (§12.4.5) where matplotlib is installed; it is optional."""
-    global _said_no_matplotlib
-    if not _MAIN:
-        return
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        if not _said_no_matplotlib:
-            print("matplotlib is not installed, so there is no losses.png "
-                  "(pip install matplotlib); losses.csv has the numbers")
-            _said_no_matplotlib = True
-        return
+        return print("matplotlib is not installed, so there is no losses.png "
+                     "(pip install matplotlib); losses.csv has the numbers")
     fig = plt.figure(figsize=(10, 5))
     plt.title(title)
     for label, values in curves.items():

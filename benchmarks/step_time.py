@@ -7,7 +7,7 @@
 Each measurement runs the script itself (its main(), so its own loop) on --dataset fake, which
 is kept in memory, at the script's default batch size and network sizes, for 7 iterations: the
 first 2 warm up (allocations, oneDNN or cuDNN picking algorithms), the median of the other 5 is
-reported. An iteration is timed from one history.append() to the next (every script calls it
+reported. An iteration is timed from one run.append() to the next (every script calls it
 once per iteration), after a device synchronize on CUDA so that the GPU's time is counted.
 
 "NCHW" runs the scripts with their channels_last line turned into a no-op (torch.channels_last
@@ -41,16 +41,16 @@ WARMUP, TIMED = 2, 5
 def step_times(script, device, extra=(), nchw=False, force_bf16=False):
     """Seconds of each of the WARMUP + TIMED iterations of one run of the script."""
     stamps = []
-    append = common.History.append
+    append = common.Run.append
 
-    def timed_append(self, *args):
-        append(self, *args)
+    def timed_append(self, **values):
+        append(self, **values)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
     saved = torch.channels_last, common._native_bf16
-    common.History.append = timed_append
+    common.Run.append = timed_append
     if nchw:
         torch.channels_last = torch.contiguous_format
     if force_bf16:
@@ -62,7 +62,7 @@ def step_times(script, device, extra=(), nchw=False, force_bf16=False):
                     "--log-every", "1000000", "--sample-every", "1000000", "--out", out, *extra]
             status = module.main(argv)
     finally:
-        common.History.append = append
+        common.Run.append = append
         torch.channels_last, common._native_bf16 = saved
     assert status == 0, f"{script} exited with {status}"
     return [b - a for a, b in zip(stamps, stamps[1:])]

@@ -73,7 +73,6 @@ def test_loss_plot(tmp_path):
 
 def test_without_matplotlib_the_run_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
-    monkeypatch.setattr(common, "_said_no_matplotlib", False)
     out = train(tmp_path / "run", "--max-steps", 3)
     assert not (out / "losses.png").exists() and (out / "losses.csv").exists()
     assert capsys.readouterr().out.count("matplotlib is not installed") == 1

@@ -164,7 +164,7 @@ def test_image_sizes(tmp_path, capsys):
     assert "must be a multiple of 4" in error_of(TINY + ["--image-size", "30"])
     assert "--lambda-gp -1.0" in error_of(TINY + ["--lambda-gp", "-1"])
     train(tmp_path / "run", "--image-size", "12", "--max-steps", 1)
-    assert "images of 3x12x12" in capsys.readouterr().out
+    assert "images 3x12x12" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags, says", [
