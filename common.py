@@ -393,7 +393,8 @@ class Run:
         self.device, self.rank, self.size, self._group = init_processes(device)
         self.iters = ckpt["iters"] if ckpt else 0
         self.rows = [list(r) for r in ckpt["history"]] if ckpt else []  # losses.csv so far
-        self.stopped, self.interrupted, self.fake, self._signals = False, False, None, {}
+        self.stopped, self.fake, self._signals = False, None, {}
+        self.interrupted = self.signalled = False  # a signal here; one on any torchrun process
         self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
         _prepare_out(self.out, self.iters if ckpt else None)
         _RUN = self
@@ -465,11 +466,12 @@ class Run:
             self.iters += 1
             if i % self.args.log_every == 0:
                 self.flush()
-            stop = self.interrupted
+            self.signalled = self.interrupted
             if self._group is not None:  # all processes stop at the same iteration
-                stop = torch.tensor([int(stop)])
+                stop = torch.tensor([int(self.interrupted)])
                 dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group)
-            if stop or self.iters == self.args.max_steps:
+                self.signalled = bool(stop)
+            if self.signalled or self.iters == self.args.max_steps:
                 self.stopped = True
                 break
         self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
@@ -566,7 +568,7 @@ class Run:
         save_real_vs_fake(real, fake, os.path.join(self.out, "real_vs_fake.png"), self._nrow)
         print(f"Wrote {self.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
               "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
-        if self.interrupted:
+        if self.signalled:
             print(f"Stopped by Ctrl-C after {self.iters} iterations. Go on with: "
                   f"python {self.script}.py --resume {os.path.join(self.out, 'checkpoint.pt')}")
             return 130
