@@ -244,7 +244,7 @@ def generate(args, ckpt, device):
     torch.manual_seed(args.seed)
     noise = torch.randn(args.generate, args.nz, device=device)
     fake = torch.cat([sample(netG, z) for z in noise.split(1024)])
-    os.makedirs(args.out, exist_ok=True)
+    common.make_folder(args.out)
     path = os.path.join(args.out, "generated.png")
     common.save_grid(fake, path, nrow=math.ceil(math.sqrt(args.generate)))
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")

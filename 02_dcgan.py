@@ -296,7 +296,7 @@ def generate(args, ckpt, device):
     noise = torch.randn(args.generate, args.nz, 1, 1, device=device)
     # Eval-mode BatchNorm: chunks of 256 give exactly one big batch's images, in bounded memory
     fake = torch.cat([sample(netG, z) for z in noise.split(256)])
-    os.makedirs(args.out, exist_ok=True)
+    common.make_folder(args.out)
     path = os.path.join(args.out, "generated.png")
     common.save_grid(fake, path, nrow=math.ceil(math.sqrt(args.generate)))
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")

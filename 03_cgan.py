@@ -318,7 +318,7 @@ def generate(args, ckpt, device):
     noise = torch.randn(args.generate, args.nz, 1, 1, device=device)
     y = torch.tensor(labels, device=device).repeat_interleave(per_class)
     fake = torch.cat([sample(netG, z, onehot[c]) for z, c in zip(noise.split(256), y.split(256))])
-    os.makedirs(args.out, exist_ok=True)
+    common.make_folder(args.out)
     path = os.path.join(args.out, "generated.png")
     common.save_grid(fake, path, nrow=per_class)
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: one row each for "

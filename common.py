@@ -5,10 +5,12 @@ torchrun, losses.csv and the pictures at the end. The GANs themselves are in the
 import argparse
 import contextlib
 import csv
+import errno
 import glob
 import itertools
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -50,11 +52,13 @@ def cli(main, argv=None):
         if "should be between 0 and 1" not in str(e) or _RUN is None:
             raise
         sys.exit("error: " + str(diverged(_RUN.out, "D's output became NaN")))
+    except OSError as e:  # the file system refused: read-only, full, a file where a folder goes
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
     finally:
         if _RUN is not None:
-            _RUN.restore_signals()
+            _RUN.release()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     sys.exit(status)
@@ -396,7 +400,7 @@ class Run:
         self.stopped, self.fake, self._signals = False, None, {}
         self.interrupted = self.signalled = False  # a signal here; one on any torchrun process
         self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
-        _prepare_out(self.out, self.iters if ckpt else None)
+        self._lock = _prepare_out(self.out, args.resume, self.iters if ckpt else None)
         _RUN = self
         print(f"Device: {self.device}")
 
@@ -504,9 +508,12 @@ class Run:
         print(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this iteration, "
               "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
 
-    def restore_signals(self):
+    def release(self):
+        """The signal handlers back, and the run folder's lock."""
         while self._signals:
             signal.signal(*self._signals.popitem())
+        if self._lock:
+            _unlock(self._lock)
 
     def append(self, **values):
         """One iteration's numbers, a row of losses.csv. They wait on the device until the next
@@ -559,7 +566,6 @@ class Run:
     def finish(self, real, curves, title):
         """netG.pt (the generator alone), the loss plot, progress.gif, real_vs_fake.png, and
         where they went. Returns the exit status: 130 after Ctrl-C, else 0."""
-        self.restore_signals()
         save_checkpoint(unwrap(self._state["netG"]).state_dict(), os.path.join(self.out, "netG.pt"))
         if _MAIN:
             plot_losses(curves, title, os.path.join(self.out, "losses.png"))
@@ -571,22 +577,77 @@ class Run:
         if self.signalled:
             print(f"Stopped by Ctrl-C after {self.iters} iterations. Go on with: "
                   f"python {self.script}.py --resume {os.path.join(self.out, 'checkpoint.pt')}")
-            return 130
-        return 0
+        self.release()
+        return 130 if self.signalled else 0
 
 
-def _prepare_out(out, resume_iters):
-    """A new run refuses a folder that holds a checkpoint; snapshots the checkpoint does not
-    cover (a previous attempt's) are removed, so progress.gif shows this run only."""
+def make_folder(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the folder {out}: {e.strerror or e}. Pass --out DIR "
+                        "for a folder that can be written") from None
+
+
+def _prepare_out(out, resume, resume_iters):
+    """The run folder is this run's alone: made, locked, and refused when it holds another run's
+    checkpoint. Snapshots the checkpoint does not cover (a previous attempt's) are removed, so
+    progress.gif shows this run only."""
+    if not _MAIN:
+        return None
+    make_folder(out)
+    lock = _lock(out)
     ckpt = os.path.join(out, "checkpoint.pt")
-    if resume_iters is None and os.path.exists(ckpt):
+    if os.path.exists(ckpt) and not (resume and os.path.samefile(ckpt, resume)):
+        _unlock(lock)
+        if resume:
+            raise UserError(f"--out {out} holds another run's checkpoint.pt: resume into the "
+                            f"checkpoint's own folder (leave out --out), or pass an --out without one")
         raise UserError(f"{out} already holds a run's checkpoint.pt. Continue it with --resume "
                         f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {out})")
-    if _MAIN:
-        os.makedirs(out, exist_ok=True)
-        for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
-            if resume_iters is None or _snapshot_iter(path) >= resume_iters:
+    for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
+        if resume_iters is None or _snapshot_iter(path) >= resume_iters:
+            os.remove(path)
+    return lock
+
+
+def _lock(out):
+    """Take out/.lock (created atomically, holding our PID); a live owner's is refused, a dead
+    one's taken over, this process's own (main() called again) taken back."""
+    path = os.path.join(out, ".lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = None
+            with contextlib.suppress(OSError, ValueError), open(path) as f:
+                pid = int(f.read())
+            if pid and pid != os.getpid():
+                try:
+                    os.kill(pid, 0)  # no signal: only asks whether the process exists
+                    alive = True
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:  # another user's, and running
+                    alive = True
+                if alive:
+                    raise UserError(f"{out} is in use by another run (process {pid}): wait for "
+                                    "it to end, or write this run elsewhere with --out DIR")
+                print(f"{out}: taking over the lock of process {pid}, which has ended")
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+
+
+def _unlock(path):
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            mine = f.read() == str(os.getpid())
+        if mine:
+            os.remove(path)
 
 
 def _snapshot_iter(path):
@@ -613,12 +674,22 @@ def save_checkpoint(ckpt, path):
     torchrun, rank 0 alone writes."""
     if not _MAIN:
         return
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch says "file write failed" for a full disk
+        if isinstance(e, RuntimeError) and "write" not in str(e):
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        folder = os.path.dirname(path) or "."
+        full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 2**20
+        why = f"no space left on the disk of {folder}" if full else f"cannot write {path}: {e}"
+        raise UserError(f"{why} ({os.path.basename(path)} as it was before is kept)") from None
 
 
 def load_checkpoint(path, script, allow_state_dict=False):

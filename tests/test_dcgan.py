@@ -1,6 +1,9 @@
 """02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
+import errno
 import os
 import runpy
+import subprocess
+import shutil
 import signal
 import sys
 
@@ -142,18 +145,67 @@ def test_a_new_run_does_not_overwrite_a_checkpoint(tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path):
+    """Another live process holds the folder's lock (a run that has not written a checkpoint
+    yet): a second run must not start there, nor delete that run's snapshots."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "fake_samples_000000.png").write_bytes(b"the other run's")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(other.pid))
+        msg = error_of(TINY + ["--out", str(out), "--max-steps", "2"])
+    finally:
+        other.kill()
+        other.wait()
+    assert f"{out} is in use by another run (process {other.pid})" in msg
+    assert (out / "fake_samples_000000.png").read_bytes() == b"the other run's"
+    # once that process has ended, its lock is stale: the next run takes it over, and lets go
+    # of its own at the end
+    train(out, "--max-steps", 2)
+    assert not (out / ".lock").exists() and (out / "checkpoint.pt").exists()
+
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path):
+    a = train(tmp_path / "a", "--max-steps", 2)
+    b = train(tmp_path / "b", "--max-steps", 2)
+    before = (b / "checkpoint.pt").read_bytes()
+    msg = error_of(["--resume", str(a / "checkpoint.pt"), "--max-steps", "4", "--out", str(b)])
+    assert f"--out {b} holds another run's checkpoint.pt" in msg
+    assert (b / "checkpoint.pt").read_bytes() == before
+    # into a folder without a checkpoint it goes on
+    train(tmp_path / "elsewhere", "--resume", a / "checkpoint.pt", "--max-steps", 4)
+    assert load(tmp_path / "elsewhere" / "checkpoint.pt")["iters"] == 4
+
+
+def test_an_out_that_cannot_be_a_folder(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        assert f"cannot make the folder {out}" in error_of(TINY + ["--out", str(out)])
+    ckpt = train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt"
+    msg = error_of(["--generate", "4", "--checkpoint", str(ckpt), "--out", str(tmp_path / "file")])
+    assert f"cannot make the folder {tmp_path / 'file'}" in msg
+
+
+@pytest.mark.parametrize("failure", ["OSError", "torch"])
+def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch, failure):
     path = str(tmp_path / "checkpoint.pt")
     common.save_checkpoint({"iters": 1}, path)
 
     def broken_save(obj, f):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        if failure == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # what torch raises when the disk fills up under it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(common.UserError, match=f"no space left on the disk of {tmp_path}"):
         common.save_checkpoint({"iters": 2}, path)
     assert load(path) == {"iters": 1}
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
