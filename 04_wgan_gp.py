@@ -55,7 +55,7 @@ parser.add_argument("--image-size", type=int, metavar="N",
                          "Fashion-MNIST and fake, 32 for CIFAR-10, 64 for CelebA and folder)")
 parser.add_argument("--n-critic", type=int, default=5, choices=range(1, 11), metavar="N",
                     help="critic steps per generator step, each on its own real batch (default: 5)")
-parser.add_argument("--lambda-gp", type=float, default=10.0, metavar="LAMBDA",
+parser.add_argument("--lambda-gp", type=common.non_negative, default=10.0, metavar="LAMBDA",
                     help="weight of the gradient penalty (default: 10)")
 parser.add_argument("--clip", type=common.unit_value, metavar="C",
                     help="the original WGAN instead: clip every critic weight to [-C, C] after "
@@ -179,15 +179,12 @@ def sample(netG, noise):
 
 
 def settle_sizes(args):
-    """The image size (the dataset's own unless given), the learning rate (per --clip), and a
-    check of --lambda-gp."""
+    """The image size (the dataset's own unless given) and the learning rate (per --clip)."""
     if args.image_size is None:
         args.image_size = NATIVE_SIZE[args.dataset]
     if args.image_size < 4 or args.image_size % 4:
         raise common.UserError(f"--image-size {args.image_size}: the networks halve the size twice "
                                "and double it twice, so it must be a multiple of 4 (28, 32, 64...)")
-    if args.lambda_gp < 0:
-        raise common.UserError(f"--lambda-gp {args.lambda_gp}: a penalty weight is 0 or more")
     if args.lr is None:
         args.lr = 0.00005 if args.clip else 0.0001
 

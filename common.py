@@ -41,6 +41,8 @@ class UserError(Exception):
 
 def cli(main, argv=None):
     """Run a script's main() as a command: user errors become one message and exit status 1."""
+    global _RUN
+    _RUN = None
     try:
         status = main(argv)
     except UserError as e:
@@ -54,11 +56,14 @@ def cli(main, argv=None):
         sys.exit("error: " + str(diverged(_RUN.out, "D's output became NaN")))
     except OSError as e:  # the file system refused: read-only, full, a file where a folder goes
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print("interrupted", file=sys.stderr)
+        status = 130
     finally:
         if _RUN is not None:
             _RUN.release()
+            with contextlib.suppress(OSError):  # a run that failed before writing anything
+                os.rmdir(_RUN.out)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     sys.exit(status)
@@ -81,6 +86,7 @@ _positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "must be a positive number")
 _beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 _workers = _checked(int, lambda v: v >= 0, "must be 0 or more")
+non_negative = _checked(float, lambda v: v >= 0 and math.isfinite(v), "must be 0 or more")  # 04's λ
 unit_value = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's --smooth, 04's --clip
 
 
@@ -207,8 +213,8 @@ def read_image(path):
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {e}. Remove or replace it, "
-                        "then run again (or --resume the last checkpoint)") from None
+        raise UserError(f"cannot read image {path}: {e}. Remove or replace it, then run again "
+                        "(with --resume if the run has written a checkpoint.pt)") from None
 
 
 def _image_folder(root, transform, what):
@@ -244,6 +250,10 @@ def load_dataset(name, dataroot, transform, image_shape):
         folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
+        if isinstance(e, RuntimeError) and not any(w in str(e) for w in ("download", "not found")):
+            raise UserError(f"could not read {cls.__name__} in {folder}: {reason}. A file there is "
+                            f"damaged or cut short: delete {folder} to download it again, or put "
+                            "good copies there") from None
         raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
                                              files=IDX_FILES.format(cls.__name__) if name != "cifar10" else
                                              "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/")) from None
@@ -472,9 +482,9 @@ class Run:
                 self.flush()
             self.signalled = self.interrupted
             if self._group is not None:  # all processes stop at the same iteration
-                stop = torch.tensor([int(self.interrupted)])
+                stop = torch.tensor([int(bool(self.interrupted))])
                 dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group)
-                self.signalled = bool(stop)
+                self.signalled = self.interrupted or ("a signal" if stop else False)
             if self.signalled or self.iters == self.args.max_steps:
                 self.stopped = True
                 break
@@ -488,8 +498,9 @@ class Run:
                             f"{batch_size} one iteration takes: use a smaller --batch-size")
         epoch, i = divmod(self.iters, n)
         if epoch >= self.args.epochs or (self.args.max_steps and self.iters >= self.args.max_steps):
+            flag = "--epochs" if epoch >= self.args.epochs else "--max-steps"
             raise UserError(f"{self.args.resume} has done {self.iters} iterations ({epoch} epochs) "
-                            "already: pass a larger --epochs (or --max-steps) to go on")
+                            f"already: pass a larger {flag} to go on")
         if self.iters:
             print(f"Resuming {self.args.resume}: epoch {epoch}, iteration {i} of {n}")
         self._started, self._rate = True, (self.iters, time.perf_counter())
@@ -504,8 +515,8 @@ class Run:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
-        self.interrupted = True
-        print(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: finishing this iteration, "
+        self.interrupted = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{self.interrupted}: finishing this iteration, "
               "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
 
     def release(self):
@@ -567,15 +578,14 @@ class Run:
         """netG.pt (the generator alone), the loss plot, progress.gif, real_vs_fake.png, and
         where they went. Returns the exit status: 130 after Ctrl-C, else 0."""
         save_checkpoint(unwrap(self._state["netG"]).state_dict(), os.path.join(self.out, "netG.pt"))
-        if _MAIN:
-            plot_losses(curves, title, os.path.join(self.out, "losses.png"))
+        plotted = _MAIN and plot_losses(curves, title, os.path.join(self.out, "losses.png"))
         write_gif(self.out, os.path.join(self.out, "progress.gif"))
         fake = self.fake if self.fake is not None else self._sample()
         save_real_vs_fake(real, fake, os.path.join(self.out, "real_vs_fake.png"), self._nrow)
         print(f"Wrote {self.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
-              "real_vs_fake.png, losses.csv, losses.png, checkpoint.pt, netG.pt")
+              f"real_vs_fake.png, losses.csv, {'losses.png, ' * bool(plotted)}checkpoint.pt, netG.pt")
         if self.signalled:
-            print(f"Stopped by Ctrl-C after {self.iters} iterations. Go on with: "
+            print(f"Stopped by {self.signalled} after {self.iters} iterations. Go on with: "
                   f"python {self.script}.py --resume {os.path.join(self.out, 'checkpoint.pt')}")
         self.release()
         return 130 if self.signalled else 0
@@ -701,8 +711,10 @@ def load_checkpoint(path, script, allow_state_dict=False):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or pickled objects other than tensors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path} is not a checkpoint this script can read ({first})") from None
+        why = ("it holds Python objects other than tensors and plain values, which are not loaded: "
+               "loading them could run any code" if "Unsupported global" in str(e) else
+               "not a file that torch.save wrote, or one cut short")
+        raise UserError(f"{path} is not a checkpoint this script can read: {why}") from None
     if isinstance(ckpt, dict) and "script" in ckpt:
         if ckpt["script"] != script:
             raise UserError(f"{path} was written by {ckpt['script']}.py, not {script}.py: "
@@ -758,7 +770,7 @@ def plot_losses(curves, title, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return print("matplotlib is not installed, so there is no losses.png "
-                     "(pip install matplotlib); losses.csv has the numbers")
+                     "(pip install matplotlib); losses.csv has the numbers")  # (None: not plotted)
     fig = plt.figure(figsize=(10, 5))
     plt.title(title)
     for label, values in curves.items():
@@ -768,3 +780,4 @@ def plot_losses(curves, title, path):
     plt.legend()
     fig.savefig(path)
     plt.close(fig)
+    return True

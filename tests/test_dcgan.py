@@ -1,4 +1,5 @@
 """02_dcgan.py: end to end on fake data, resume, generate, errors, and the chapter's networks."""
+import argparse
 import errno
 import os
 import runpy
@@ -79,7 +80,9 @@ def test_without_matplotlib_the_run_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     out = train(tmp_path / "run", "--max-steps", 3)
     assert not (out / "losses.png").exists() and (out / "losses.csv").exists()
-    assert capsys.readouterr().out.count("matplotlib is not installed") == 1
+    log = capsys.readouterr().out
+    assert log.count("matplotlib is not installed") == 1
+    assert "losses.png" not in log.splitlines()[-1]  # the closing list names what was written
 
 
 def test_max_steps_stops_and_saves(tmp_path):
@@ -133,8 +136,10 @@ def test_a_checkpoint_from_a_gpu_machine_resumes_on_this_one(tmp_path):
 
 def test_a_finished_run_says_how_to_go_on(tmp_path):
     out = train(tmp_path / "run", "--epochs", 1)
-    with pytest.raises(common.UserError, match="larger --epochs"):
+    with pytest.raises(common.UserError, match="larger --epochs to go on$"):
         dcgan.main(["--resume", str(out / "checkpoint.pt")])
+    with pytest.raises(common.UserError, match="larger --max-steps to go on$"):
+        dcgan.main(["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--max-steps", "4"])
 
 
 def test_a_new_run_does_not_overwrite_a_checkpoint(tmp_path):
@@ -223,7 +228,7 @@ def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path):
     assert (out / "progress.gif").exists() and (out / "netG.pt").exists()
 
 
-def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
+def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch, capsys):
     """A scheduler's SIGTERM (or kill PID) during iteration 2: the run finishes that iteration,
     saves and stops with status 130, as for the first Ctrl-C."""
     calls = []
@@ -239,6 +244,7 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert dcgan.main(TINY + ["--out", str(out), "--epochs", "50"]) == 130
     assert load(out / "checkpoint.pt")["iters"] == 2 and len(read_csv(out / "losses.csv")) == 2
+    assert "Stopped by SIGTERM after 2 iterations" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,12 +375,40 @@ def test_bad_flag_values(flags, says, capsys):
     assert says in usage_error(dcgan.main, flags, capsys)
 
 
+def test_a_second_ctrl_c_exits_130_and_a_failed_run_leaves_no_empty_folder(tmp_path):
+    def main(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        common.cli(main, [])
+    assert e.value.code == 130
+    error_of(["--dataroot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_mnist_file_is_not_called_a_failed_download(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 40)  # a header, cut short
+    msg = error_of(["--dataset", "mnist", "--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert msg.startswith(f"error: could not read MNIST in {tmp_path / 'MNIST'}")
+    assert "damaged or cut short" in msg and "download" in msg
+
+
 def test_bad_checkpoints(tmp_path):
     missing = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "none.pt")])
     assert "no checkpoint at" in missing
 
-    (tmp_path / "junk.pt").write_bytes(b"\x00 not a torch file")
-    assert "is not a checkpoint" in error_of(["--resume", str(tmp_path / "junk.pt")])
+    for junk in (b"\x00 not a torch file", b"a text file\n"):
+        (tmp_path / "junk.pt").write_bytes(junk)
+        msg = error_of(["--resume", str(tmp_path / "junk.pt")])
+        assert msg.endswith("is not a checkpoint this script can read: not a file that torch.save "
+                            "wrote, or one cut short")
+
+    torch.save({"script": "02_dcgan", "args": argparse.Namespace()}, tmp_path / "pickle.pt")
+    msg = error_of(["--resume", str(tmp_path / "pickle.pt")])
+    assert "Python objects other than tensors" in msg and "weights_only" not in msg
 
     torch.save({"script": "01_mlp_gan", "args": {}}, tmp_path / "other.pt")
     msg = error_of(["--resume", str(tmp_path / "other.pt")])
