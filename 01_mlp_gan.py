@@ -12,7 +12,6 @@ A run writes into runs/01_mlp_gan-<dataset>/ (or --out): real_samples.png, fake_
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
 The lesson notes, results and choices of this script: docs/01_mlp_gan.md.
 """
-import math
 import os
 import random
 
@@ -242,11 +241,10 @@ def generate(args, ckpt, device):
     netG = Generator(args.nz).to(device)
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     torch.manual_seed(args.seed)
-    noise = torch.randn(args.generate, args.nz, device=device)
-    fake = torch.cat([sample(netG, z) for z in noise.split(1024)])
-    common.make_folder(args.out)
-    path = os.path.join(args.out, "generated.png")
-    common.save_grid(fake, path, nrow=math.ceil(math.sqrt(args.generate)))
+    # in batches, noise and images alike, so that memory is one batch's at any N
+    batches = (sample(netG, torch.randn(min(1024, args.generate - k), args.nz, device=device))
+               for k in range(0, args.generate, 1024))
+    path = common.save_generated(args.out, args.generate, batches)
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
     return 0
 

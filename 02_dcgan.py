@@ -12,7 +12,6 @@ A run writes into runs/02_dcgan-<dataset>/ (or --out): real_samples.png, fake_sa
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
 The lesson notes, results and choices of this script: docs/02_dcgan.md.
 """
-import math
 import os
 import random
 
@@ -293,12 +292,11 @@ def generate(args, ckpt, device):
     netG = Generator(args.nz, args.ngf, channels(args.dataset)).to(device)
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     torch.manual_seed(args.seed)
-    noise = torch.randn(args.generate, args.nz, 1, 1, device=device)
-    # Eval-mode BatchNorm: chunks of 256 give exactly one big batch's images, in bounded memory
-    fake = torch.cat([sample(netG, z) for z in noise.split(256)])
-    common.make_folder(args.out)
-    path = os.path.join(args.out, "generated.png")
-    common.save_grid(fake, path, nrow=math.ceil(math.sqrt(args.generate)))
+    # in batches of 256, noise and images alike, so that memory is one batch's at any N
+    # (eval-mode BatchNorm: an image does not depend on the rest of its batch)
+    batches = (sample(netG, torch.randn(min(256, args.generate - k), args.nz, 1, 1, device=device))
+               for k in range(0, args.generate, 256))
+    path = common.save_generated(args.out, args.generate, batches)
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
     return 0
 

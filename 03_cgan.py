@@ -315,14 +315,14 @@ def generate(args, ckpt, device):
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     onehot, _ = label_tables(num_classes, args.image_size, device)
     torch.manual_seed(args.seed)
-    noise = torch.randn(args.generate, args.nz, 1, 1, device=device)
-    y = torch.tensor(labels, device=device).repeat_interleave(per_class)
-    fake = torch.cat([sample(netG, z, onehot[c]) for z, c in zip(noise.split(256), y.split(256))])
-    common.make_folder(args.out)
-    path = os.path.join(args.out, "generated.png")
-    common.save_grid(fake, path, nrow=per_class)
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: one row each for "
-          + ", ".join(classes[c] for c in labels))
+    # image k is of class labels[k // per_class]; in batches of 256, one batch in memory
+    ys, ks = torch.tensor(labels, device=device), lambda k: torch.arange(k, min(k + 256, args.generate))
+    batches = (sample(netG, torch.randn(len(ks(k)), args.nz, 1, 1, device=device),
+                      onehot[ys[ks(k).to(device) // per_class]])
+               for k in range(0, args.generate, 256))
+    path = common.save_generated(args.out, args.generate, batches, nrow=per_class)
+    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: classes in order "
+          + ", ".join(classes[c] for c in labels) + (", one row each" if path.endswith(".png") else ""))
     return 0
 
 

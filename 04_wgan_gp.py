@@ -15,7 +15,6 @@ A run writes into runs/04_wgan_gp-<dataset>/ (or --out): real_samples.png, fake_
 progress.gif, real_vs_fake.png, losses.csv, losses.png, checkpoint.pt and netG.pt.
 The lesson notes, results and choices of this script: docs/04_wgan_gp.md.
 """
-import math
 import os
 import random
 
@@ -314,11 +313,9 @@ def generate(args, ckpt, device):
     netG = Generator(args.nz, channels(args.dataset), args.image_size).to(device)
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     torch.manual_seed(args.seed)
-    noise = torch.randn(args.generate, args.nz, device=device)
-    fake = torch.cat([sample(netG, z) for z in noise.split(256)])
-    common.make_folder(args.out)
-    path = os.path.join(args.out, "generated.png")
-    common.save_grid(fake, path, nrow=math.ceil(math.sqrt(args.generate)))
+    batches = (sample(netG, torch.randn(min(256, args.generate - k), args.nz, device=device))  # one batch in memory
+               for k in range(0, args.generate, 256))
+    path = common.save_generated(args.out, args.generate, batches)
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
     return 0
 

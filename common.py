@@ -146,7 +146,8 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
                    help="stop after N training iterations in all, and save a checkpoint")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     p.add_argument("--generate", type=_positive_int, metavar="N",
-                   help="no training: sample N images from --checkpoint into generated.png")
+                   help=f"no training: N images from --checkpoint: up to {GRID_MAX} as one grid, "
+                   "generated.png; more as one PNG each in generated/, written as they are made")
     p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint (or netG.pt) that "
                    "--generate samples from (default: <out>/checkpoint.pt)")
     return p
@@ -752,6 +753,28 @@ def save_real_vs_fake(real, fake, path, fake_nrow=8):
     h = max(a.shape[1], b.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
     vutils.save_image(torch.cat([pad(a), torch.ones(3, h, 16), pad(b)], dim=2), path)
+
+
+GRID_MAX = 1024  # --generate: up to this many images, one grid; more, one PNG each
+
+
+def save_generated(out, n, batches, nrow=None):
+    """--generate's n images, from `batches` (tensors in [-1, 1]): up to GRID_MAX, one grid in
+    generated.png; more, each image its own PNG in generated/, written as it comes, so memory
+    holds one batch at a time at any n. Returns where they went."""
+    make_folder(out)
+    if n <= GRID_MAX:
+        path = os.path.join(out, "generated.png")
+        save_grid(torch.cat(list(batches)), path, nrow=nrow or math.ceil(math.sqrt(n)))
+        return path
+    folder = os.path.join(out, "generated")
+    make_folder(folder)
+    k = 0
+    for fake in batches:
+        for image in fake:
+            save_grid(image, os.path.join(folder, f"{k:07d}.png"))
+            k += 1
+    return folder + "/"
 
 
 def write_gif(out, path):

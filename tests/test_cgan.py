@@ -122,7 +122,7 @@ def test_generate_rows_of_the_requested_classes(tmp_path, capsys):
     out = train(tmp_path / "run", "--max-steps", 2)
     assert cgan.main(["--generate", "6", "--labels", "2,5", "--checkpoint", str(out / "checkpoint.pt")]) == 0
     assert png_size(out / "generated.png") == grid_size(6, nrow=3, side=32)  # 2 rows of 3
-    assert "one row each for 2, 5" in capsys.readouterr().out
+    assert "classes in order 2, 5, one row each" in capsys.readouterr().out
     assert cgan.main(["--generate", "20", "--checkpoint", str(out / "checkpoint.pt")]) == 0
     assert png_size(out / "generated.png") == grid_size(20, nrow=2, side=32)  # 10 rows of 2
     # from netG.pt alone: the number of classes comes from its weights

@@ -250,6 +250,20 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------------------------
 # --generate
 # --------------------------------------------------------------------------------------------
+def test_generate_many_writes_one_png_each_a_batch_at_a_time(tmp_path, monkeypatch):
+    """Past GRID_MAX images --generate writes each image as it is made: memory holds one batch
+    (256) however large N is, where a grid would hold all N."""
+    out = train(tmp_path / "run", "--max-steps", 1)
+    monkeypatch.setattr(common, "GRID_MAX", 300)
+    sizes, sample = [], dcgan.sample
+    monkeypatch.setattr(dcgan, "sample", lambda netG, z: sizes.append(len(z)) or sample(netG, z))
+    assert dcgan.main(["--generate", "600", "--checkpoint", str(out / "checkpoint.pt")]) == 0
+    files = sorted(os.listdir(out / "generated"))
+    assert files == [f"{k:07d}.png" for k in range(600)] and png_size(out / "generated" / files[0]) == (64, 64)
+    assert sizes == [256, 256, 88]
+    assert not (out / "generated.png").exists()
+
+
 def test_generate_needs_no_training_data(tmp_path):
     data = tmp_path / "data"
     make_images(data / "faces", 16)
