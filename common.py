@@ -383,6 +383,18 @@ def unwrap(model):
 
 
 # --- The run -----------------------------------------------------------------------------------
+LOSS_LIMIT = 1e4  # no healthy run's loss comes near: D's logit (01) or critic (04) has run away
+
+
+def _tensors(x):
+    """A model's weights, their gradients and buffers; an optimizer's state; a tensor."""
+    if isinstance(x, torch.nn.Module):
+        return [t for p in x.parameters() for t in (p, p.grad) if t is not None] + list(x.buffers())
+    if isinstance(x, torch.optim.Optimizer):
+        return [t for state in x.state.values() for t in state.values() if torch.is_tensor(t)]
+    return [x] if torch.is_tensor(x) else []
+
+
 class NonFiniteLoss(UserError):
     """The run diverged: what, that the last good checkpoint is kept, what to try."""
 
@@ -411,6 +423,7 @@ class Run:
         self.stopped, self.fake, self._signals = False, None, {}
         self.interrupted = self.signalled = False  # a signal here; one on any torchrun process
         self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
+        self._state, self._silent = {}, 0  # _silent: log lines in a row where no gradient flowed
         self._lock = _prepare_out(self.out, args.resume, self.iters if ckpt else None)
         _RUN = self
         print(f"Device: {self.device}")
@@ -543,10 +556,36 @@ class Run:
             with open(os.path.join(self.out, "losses.csv"), self._csv, newline="") as f:
                 csv.writer(f).writerows(([self._columns] + self.rows) * (self._csv == "w") + new)
         self._pending, self.rows, self._csv = [], self.rows + new, "a"
+        self._check(new)
+
+    def _check(self, new=()):
+        """Stop a run that has diverged (docs/shared.md, When a run diverges): a number that is
+        not finite in the new rows, the weights, their gradients or the optimizers' state;
+        losses past LOSS_LIMIT for a whole log interval; or every gradient of G and D exactly
+        zero at two log lines in a row (D's Sigmoid saturated: nothing can learn any more)."""
+        said = lambda r: ", ".join(f"{k} {v:.4g}" for k, v in zip(self._columns[3:], r[3:]))
         bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
         if bad is not None:
-            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self._columns[3:], bad[3:]))
-            raise diverged(self.out, f"a loss became NaN or infinite at iteration {bad[2]} ({said})")
+            raise diverged(self.out, f"a loss became NaN or infinite at iteration {bad[2]} ({said(bad)})")
+        tensors = [t for x in self._state.values() for t in _tensors(x)]
+        grads = [p.grad for x in self._state.values() if isinstance(x, torch.nn.Module)
+                 for p in x.parameters() if p.grad is not None]
+        finite, silent = torch.stack([  # one transfer for both
+            torch.stack([t.isfinite().all() for t in tensors]).all() if tensors else torch.tensor(True),
+            torch.stack([g.abs().max() == 0 for g in grads]).all() if grads else torch.tensor(False)]).tolist()
+        if not finite:
+            raise diverged(self.out, "the weights or the optimizers' state became NaN or infinite "
+                           f"by iteration {self.iters}")
+        losses = [k for k, c in enumerate(self._columns or ()) if c.startswith("Loss_")]
+        if new and all(any(abs(r[k]) > LOSS_LIMIT for k in losses) for r in new):
+            raise diverged(self.out, f"the losses stayed beyond {LOSS_LIMIT:g} for {len(new)} "
+                           f"iterations (iteration {new[-1][2]}: {said(new[-1])})")
+        if new:
+            self._silent = self._silent + 1 if silent else 0
+        if self._silent >= 2:
+            raise diverged(self.out, "no gradient reached G or D for a whole log interval (iteration "
+                           f"{new[-1][2]}: {said(new[-1])}): D's outputs are stuck at exactly 0 or 1, "
+                           "where its Sigmoid passes nothing back (§12.7.1's vanishing gradients)")
 
     def column(self, name):
         """A column of losses.csv, the whole run's: G_losses, D_losses..."""
@@ -560,7 +599,8 @@ class Run:
         return "%.2f it/s" % ((self.iters + 1 - iters) / max(now - then, 1e-9))
 
     def save(self):
-        self.flush()  # raises on a NaN loss, so a bad state never replaces a good checkpoint
+        self.flush()  # raises on divergence, so a bad state never replaces a good checkpoint
+        self._check()
         save_checkpoint({
             "script": self.script, "args": vars(self.args), "iters": self.iters,
             "history": self.rows, "rng": rng_state(self.device),

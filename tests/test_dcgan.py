@@ -450,6 +450,31 @@ def test_diverging_weights_stop_clearly_and_keep_the_last_good_checkpoint(tmp_pa
     assert (out / "checkpoint.pt").read_bytes() == good
 
 
+@pytest.mark.parametrize("script, lr, says", [
+    ("02_dcgan", "1e6", "no gradient reached G or D for a whole log interval"),
+    ("01_mlp_gan", "10", "the losses stayed beyond 10000"),
+    ("04_wgan_gp", "1e3", "the weights or the optimizers' state became NaN or infinite"),
+])
+def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, script, lr, says):
+    """At a huge learning rate each script's run goes wrong its own way: 02's D saturates
+    (every output exactly 0 or 1, all losses finite), 01's logits run away to 1e8, 04's Adam
+    state overflows. Each must stop with what happened, never saving the bad state."""
+    module = load_script(script)
+    extra = {"02_dcgan": ["--ngf", "8", "--ndf", "8"], "04_wgan_gp": ["--n-critic", "2"]}
+    out = tmp_path / "run"
+    assert module.main(["--dataset", "fake", "--batch-size", "2", "--workers", "0", "--log-every",
+                        "5", "--max-steps", "2", "--epochs", "100", "--out", str(out),
+                        *extra.get(script, [])]) == 0
+    ckpt = load(out / "checkpoint.pt")  # the run goes on at the huge learning rate
+    for opt in ("optimizerD", "optimizerG"):
+        ckpt[opt]["param_groups"][0]["lr"] = float(lr)
+    torch.save(ckpt, out / "checkpoint.pt")
+    good = (out / "checkpoint.pt").read_bytes()
+    msg = user_error(module.main, ["--resume", str(out / "checkpoint.pt"), "--max-steps", "60"])
+    assert says in msg and "is kept" in msg and "lower --lr" in msg
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+
 def test_a_nan_in_the_losses_is_caught_at_the_next_flush(tmp_path):
     run = common.Run("02_dcgan", dcgan.parser.parse_args(["--out", str(tmp_path)]), None,
                      torch.device("cpu"))
