@@ -21,6 +21,49 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
 
+SCRIPTS = ("01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+                     help="the device every script run end to end trains on (default: cpu)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_only(reason): a test that means something on the CPU only")
+    config.addinivalue_line("markers", "cuda_only: a test that means something on CUDA only")
+    device = config.getoption("--device")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this machine",
+                    returncode=4)
+    if device == "mps" and not torch.backends.mps.is_available():
+        pytest.exit("--device mps: MPS (Apple GPU) is not available on this machine", returncode=4)
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device of `pytest --device`: the scripts' runs use it."""
+    return request.config.getoption("--device")
+
+
+@pytest.fixture(autouse=True)
+def scripts_on_the_device(request, device, monkeypatch):
+    """Every script main() a test calls trains on --device (unless the test names a device),
+    and the tests marked cpu_only / cuda_only skip elsewhere, saying why."""
+    cpu_only = request.node.get_closest_marker("cpu_only")
+    if cpu_only and device != "cpu":
+        pytest.skip(f"CPU only: {cpu_only.args[0]}")
+    if request.node.get_closest_marker("cuda_only") and device != "cuda":
+        pytest.skip("needs CUDA: run python -m pytest --device cuda on a machine with a GPU")
+    if device == "cpu":
+        return
+    for name in SCRIPTS:
+        module = load_script(name)
+        main = module.main
+        monkeypatch.setattr(module, "main", lambda argv=None, main=main: main(
+            list(argv) + ["--device", device] if argv is not None and "--device" not in argv else argv))
+
+
 def load_script(name):
     """The module of a script, e.g. load_script("02_dcgan")."""
     return importlib.import_module(name)

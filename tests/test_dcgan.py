@@ -97,6 +97,7 @@ def test_max_steps_stops_and_saves(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Resume
 # --------------------------------------------------------------------------------------------
+@pytest.mark.cpu_only("bit for bit needs deterministic kernels; cuDNN's benchmark mode picks its algorithms per process")
 def test_resume_from_an_epoch_end_is_bit_identical(tmp_path):
     straight = train(tmp_path / "straight", "--epochs", 2)
     resumed = train(tmp_path / "resumed", "--epochs", 1)
@@ -108,6 +109,7 @@ def test_resume_from_an_epoch_end_is_bit_identical(tmp_path):
         assert gif.n_frames == 3  # 000000, 000003 (end of part 1), 000007
 
 
+@pytest.mark.cpu_only("bit for bit needs deterministic kernels; cuDNN's benchmark mode picks its algorithms per process")
 def test_resume_in_the_middle_of_an_epoch_is_bit_identical(tmp_path):
     straight = train(tmp_path / "straight", "--epochs", 2)
     part = train(tmp_path / "part", "--epochs", 2, "--max-steps", 3)
@@ -124,6 +126,7 @@ def test_resume_keeps_the_runs_settings(tmp_path):
         dcgan.main(["--resume", str(out / "checkpoint.pt"), "--lr", "0.001"])
 
 
+@pytest.mark.cpu_only("it stands in for a GPU machine's checkpoint; on CUDA, tests/test_cuda.py moves real ones")
 def test_a_checkpoint_from_a_gpu_machine_resumes_on_this_one(tmp_path):
     out = train(tmp_path / "run", "--max-steps", 2)
     ckpt = load(out / "checkpoint.pt")
@@ -214,11 +217,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partial_file(tmp_pa
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
-def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path):
+def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path, device):
     """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers on."""
     out = tmp_path / "run"
     cmd = [sys.executable, "02_dcgan.py", "--dataset", "fake", "--ngf", "8", "--ndf", "8",
-           "--batch-size", "8", "--workers", "2", "--log-every", "1", "--out", str(out)]
+           "--batch-size", "8", "--workers", "2", "--log-every", "1", "--out", str(out),
+           "--device", device]
     returncode, stdout, stderr = ctrl_c(cmd)
     assert returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stdout

@@ -105,6 +105,7 @@ def test_channels_last_training_and_amp_close_to_float32(name, tmp_path, monkeyp
     assert any(float(fp32[0][c]) != float(amp[0][c]) for c in columns)  # it did run in bfloat16
 
 
+@pytest.mark.cpu_only("bit for bit needs deterministic kernels; cuDNN's benchmark mode picks its algorithms per process")
 def test_amp_without_native_bfloat16_says_so_and_trains_in_float32(tmp_path, monkeypatch, capsys):
     fp32 = run("02_dcgan", tmp_path / "fp32")
     monkeypatch.setattr(common, "_native_bf16", lambda device: False)
@@ -159,3 +160,13 @@ def test_small_datasets_are_transformed_once_into_memory():
         image, label = source[k]
         assert torch.equal(data[k][0], image) and data[k][1] == label
     assert data.classes == [str(c) for c in range(10)]
+
+
+def test_pytest_device_cuda_without_a_gpu_stops_at_once(monkeypatch):
+    """`python -m pytest --device cuda` where torch sees no GPU: one line, not 100 failures."""
+    import types
+    import conftest
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = types.SimpleNamespace(getoption=lambda name: "cuda", addinivalue_line=lambda *a: None)
+    with pytest.raises(pytest.exit.Exception, match="--device cuda: torch .* sees no CUDA GPU"):
+        conftest.pytest_configure(config)
