@@ -10,10 +10,17 @@ first 2 warm up (allocations, oneDNN or cuDNN picking algorithms), the median of
 reported. An iteration is timed from one run.append() to the next (every script calls it
 once per iteration), after a device synchronize on CUDA so that the GPU's time is counted.
 
-"NCHW" runs the scripts with their channels_last line turned into a no-op (torch.channels_last
+"NCHW" runs the scripts with their channels_last lines turned into no-ops (torch.channels_last
 is replaced by torch.contiguous_format while that row runs). "--amp" is the flag as a user gets
 it: where bfloat16 is not native it trains in fp32 and the table says so; --force-bf16 runs
-autocast anyway, to show what emulated bfloat16 costs. No timing is asserted anywhere.
+autocast anyway, to show what emulated bfloat16 costs. Each cell also gives images per second
+(the real images an iteration takes: 04 takes n_critic = 5 batches of 64).
+
+Below the table, 02 at the chapter's settings beside a bare loop of the same models and math
+(no data loading, logging, snapshots or checkpoints): what the script itself costs. On CUDA
+(or with --compile) also the bare loop with torch.compile of G and D, reported, not adopted
+unless it gains at least 20 % (04's penalty cannot be compiled: double backward). On CUDA (or
+with --ngf128) also a row for 02 at §12.4.6's ngf = ndf = 128. No timing is asserted anywhere.
 """
 import argparse
 import contextlib
@@ -72,43 +79,108 @@ def median_step(*args, **kw):
     return statistics.median(step_times(*args, **kw)[WARMUP:])
 
 
+IMAGES = {"01_mlp_gan": 100, "02_dcgan": 128, "03_cgan": 128, "04_wgan_gp": 64 * 5}  # real images an iteration
+
+
+def bare_step(device, ngf=64, amp=False, compiled=False):
+    """Median seconds of an iteration of 02's models and math with no script around them: the
+    chapter's loop body on one random batch already on the device, channels_last, no data
+    loading, logging, snapshots or checkpoints."""
+    m = importlib.import_module("02_dcgan")
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    netG, netD = m.Generator(100, ngf, 3).to(dev), m.Discriminator(3, ngf).to(dev)
+    netG.apply(m.weights_init), netD.apply(m.weights_init)
+    netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
+    with contextlib.redirect_stdout(io.StringIO()):
+        common.amp(dev, amp, netG, netD)
+    if compiled:
+        netG, netD = torch.compile(netG), torch.compile(netD)
+    criterion = torch.nn.BCELoss()
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=0.0002, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=0.0002, betas=(0.5, 0.999))
+    real = torch.randn(128, 3, 64, 64, device=dev).contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(WARMUP + TIMED):
+        start = time.perf_counter()
+        netD.zero_grad()
+        label = torch.full((128,), 1.0, device=dev)
+        criterion(netD(real).view(-1), label).backward()
+        fake = netG(torch.randn(128, 100, 1, 1, device=dev))
+        label.fill_(0.0)
+        criterion(netD(fake.detach()).view(-1), label).backward()
+        optimizerD.step()
+        netG.zero_grad()
+        label.fill_(1.0)
+        criterion(netD(fake).view(-1), label).backward()
+        optimizerG.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[WARMUP:])
+
+
+def cell(seconds, images, base=None):
+    ratio = f" ({seconds / base:.2f}x)" if base else ""
+    return f"{seconds:.4f} s, {images / seconds:,.0f} img/s{ratio}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scripts", default=",".join(SCRIPTS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mnist", metavar="DIR", help="also time 02 on the real MNIST in DIR/MNIST")
+    p.add_argument("--ngf128", action="store_true", default=None,
+                   help="also 02 at §12.4.6's ngf = ndf = 128 (default: on CUDA only; 4x the time)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="also the bare loop with torch.compile of G and D (default: on CUDA only)")
     p.add_argument("--force-bf16", action="store_true",
                    help="a column with autocast to bfloat16 even where it is not native")
     args = p.parse_args()
+    cuda = args.device.startswith("cuda")
     native = common._native_bf16(torch.device(args.device))
 
-    rows = [(s, []) for s in args.scripts.split(",")]
-    if args.mnist:
-        rows.append(("02_dcgan", ["--dataset", "mnist", "--dataroot", args.mnist]))
+    rows = [(s, s, []) for s in args.scripts.split(",")]
+    if args.ngf128 or (args.ngf128 is None and cuda):
+        rows.append(("02_dcgan (ngf = ndf = 128)", "02_dcgan", ["--ngf", "128", "--ndf", "128"]))
+    if args.mnist:  # a real dataset as the last flag wins over --dataset fake
+        rows.append(("02_dcgan (MNIST 1x64x64)", "02_dcgan", ["--dataset", "mnist", "--dataroot", args.mnist]))
     cols = ["fp32 NCHW", "fp32 channels_last", "--amp" if native else "--amp (no bf16 here: fp32)"]
     if args.force_bf16:
         cols.append("bf16 forced")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device "
-          f"{args.device}, torch {torch.__version__}; median s per iteration of {TIMED} after "
-          f"{WARMUP} warm-up")
+    where = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"# {where}, device {args.device}, torch {torch.__version__}; median of {TIMED} iterations "
+          f"after {WARMUP} warm-up; img/s: real images an iteration takes (04: 5 batches of 64)")
     print("| script | " + " | ".join(cols) + " |")
     print("| --- |" + " --- |" * len(cols))
-    for script, extra in rows:
-        # a real dataset as the last flag wins over --dataset fake
-        name = script + (" (MNIST 1x64x64)" if extra else "")
+    for name, script, extra in rows:
+        n = IMAGES[script]
         if script not in CONV:
-            nchw = median_step(script, args.device, extra)
-            cells = [f"{nchw:.4f}", "(no convolutions)", "(no --amp: MLP)"] + \
-                    (["-"] if args.force_bf16 else [])
+            cells = [cell(median_step(script, args.device, extra), n), "(no convolutions)",
+                     "(no --amp: MLP)"] + (["-"] if args.force_bf16 else [])
         else:
             nchw = median_step(script, args.device, extra, nchw=True)
-            cl = median_step(script, args.device, extra)
-            amp = median_step(script, args.device, [*extra, "--amp"])
-            cells = [f"{nchw:.3f}", f"{cl:.3f} ({cl / nchw:.2f}x)", f"{amp:.3f} ({amp / nchw:.2f}x)"]
+            cells = [cell(nchw, n), cell(median_step(script, args.device, extra), n, nchw),
+                     cell(median_step(script, args.device, [*extra, "--amp"]), n, nchw)]
             if args.force_bf16:
                 forced = median_step(script, args.device, [*extra, "--amp"], force_bf16=True)
-                cells.append(f"{forced:.3f} ({forced / nchw:.2f}x)")
+                cells.append(cell(forced, n, nchw))
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+    if "02_dcgan" not in args.scripts.split(","):
+        return
+    # What the script costs beyond its models and math: the same step, bare
+    print("\n| 02 at the chapter's settings (batch 128, 3x64x64), channels_last | fp32 | --amp |")
+    print("| --- | --- | --- |")
+    script = [median_step("02_dcgan", args.device, []), median_step("02_dcgan", args.device, ["--amp"])]
+    bare = [bare_step(args.device), bare_step(args.device, amp=native)]
+    print(f"| the script | {cell(script[0], 128)} | {cell(script[1], 128)} |")
+    print(f"| bare loop, same models and math | {cell(bare[0], 128, script[0])} | "
+          f"{cell(bare[1], 128, script[1])} |", flush=True)
+    if args.compile or (args.compile is None and cuda):
+        compiled = [bare_step(args.device, compiled=True), bare_step(args.device, amp=native, compiled=True)]
+        print(f"| bare loop, torch.compile of G and D | {cell(compiled[0], 128, bare[0])} | "
+              f"{cell(compiled[1], 128, bare[1])} |")
 
 
 if __name__ == "__main__":
