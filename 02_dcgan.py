@@ -3,7 +3,7 @@
     pip install -r requirements.txt
     python 02_dcgan.py --dataset celeba --epochs 5                      # §12.4 on CelebA 64x64
     python 02_dcgan.py --dataset mnist --ngf 128 --ndf 128 --epochs 20  # §12.4.6 (downloads MNIST)
-    python 02_dcgan.py --dataset fake --max-steps 20                    # a quick try, no data
+    python 02_dcgan.py --dataset fake --max-steps 20 --ngf 16 --ndf 16  # a quick try, no data
     python 02_dcgan.py --resume runs/02_dcgan-celeba/checkpoint.pt      # go on after Ctrl-C
     python 02_dcgan.py --generate 64 --checkpoint runs/02_dcgan-celeba/checkpoint.pt
     torchrun --nproc_per_node=4 02_dcgan.py --dataset celeba            # 4 GPUs (docs/shared.md)
