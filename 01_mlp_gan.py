@@ -238,15 +238,19 @@ def main(argv=None):
 
 # --generate N: N new samples from the generator of a checkpoint (or of a netG.pt)
 def generate(args, ckpt, device):
+    path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
+    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
+    return 0
+
+
+# The images of --generate (and of evaluate.py), in batches, noise and images alike, so that
+# memory is one batch's at any N
+def samples(args, ckpt, device):
     netG = Generator(args.nz).to(device)
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     torch.manual_seed(args.seed)
-    # in batches, noise and images alike, so that memory is one batch's at any N
-    batches = (sample(netG, torch.randn(min(1024, args.generate - k), args.nz, device=device))
-               for k in range(0, args.generate, 1024))
-    path = common.save_generated(args.out, args.generate, batches)
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
-    return 0
+    return (sample(netG, torch.randn(min(1024, args.generate - k), args.nz, device=device))
+            for k in range(0, args.generate, 1024))
 
 
 if __name__ == "__main__":

@@ -289,16 +289,19 @@ def main(argv=None):
 # --generate N: N new images from the generator of a checkpoint (or of a netG.pt, whose sizes
 # come from the flags), without training or data
 def generate(args, ckpt, device):
+    path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
+    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
+    return 0
+
+
+# The images of --generate (and of evaluate.py), in batches of 256, noise and images alike, so
+# that memory is one batch's at any N (eval-mode BatchNorm: an image does not depend on its batch)
+def samples(args, ckpt, device):
     netG = Generator(args.nz, args.ngf, channels(args.dataset)).to(device)
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     torch.manual_seed(args.seed)
-    # in batches of 256, noise and images alike, so that memory is one batch's at any N
-    # (eval-mode BatchNorm: an image does not depend on the rest of its batch)
-    batches = (sample(netG, torch.randn(min(256, args.generate - k), args.nz, 1, 1, device=device))
-               for k in range(0, args.generate, 256))
-    path = common.save_generated(args.out, args.generate, batches)
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
-    return 0
+    return (sample(netG, torch.randn(min(256, args.generate - k), args.nz, 1, 1, device=device))
+            for k in range(0, args.generate, 256))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,16 @@ def main(argv=None):
 # every class), from the generator of a checkpoint (or of a netG.pt, whose sizes come from the
 # flags; its number of classes from its weights)
 def generate(args, ckpt, device):
+    batches, asked, classes = samples(args, ckpt, device)
+    labels = asked.unique_consecutive().tolist()  # the classes asked for, in their order
+    path = common.save_generated(args.out, args.generate, batches, nrow=len(asked) // len(labels))
+    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: classes in order "
+          + ", ".join(classes[c] for c in labels) + (", one row each" if path.endswith(".png") else ""))
+    return 0
+
+
+# The images of --generate (and of evaluate.py), the class asked for each, and the classes' names
+def samples(args, ckpt, device):
     if "deconv1_2.weight" not in ckpt["netG"]:
         raise common.UserError(f"{args.checkpoint} does not hold a generator of 03_cgan.py")
     num_classes = ckpt["netG"]["deconv1_2.weight"].shape[0]
@@ -315,15 +325,12 @@ def generate(args, ckpt, device):
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     onehot, _ = label_tables(num_classes, args.image_size, device)
     torch.manual_seed(args.seed)
-    # image k is of class labels[k // per_class]; in batches of 256, one batch in memory
-    ys, ks = torch.tensor(labels, device=device), lambda k: torch.arange(k, min(k + 256, args.generate))
-    batches = (sample(netG, torch.randn(len(ks(k)), args.nz, 1, 1, device=device),
-                      onehot[ys[ks(k).to(device) // per_class]])
-               for k in range(0, args.generate, 256))
-    path = common.save_generated(args.out, args.generate, batches, nrow=per_class)
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: classes in order "
-          + ", ".join(classes[c] for c in labels) + (", one row each" if path.endswith(".png") else ""))
-    return 0
+    # image k is of class asked[k]: per_class of each label in turn. In batches of 256, one
+    # batch in memory at any N
+    asked = torch.tensor(labels).repeat_interleave(per_class)
+    batches = (sample(netG, torch.randn(len(y), args.nz, 1, 1, device=device), onehot[y.to(device)])
+               for y in asked.split(256))
+    return batches, asked, classes
 
 
 if __name__ == "__main__":

@@ -235,18 +235,20 @@ def _image_folder(root, transform, what):
                     "where DIR has one sub-folder per class (or just one) with the images inside")
 
 
-def load_dataset(name, dataroot, transform, image_shape):
+def load_dataset(name, dataroot, transform, image_shape, train=True):
     """The torchvision dataset behind --dataset, or a clear error: celeba (ImageFolder on
     <dataroot>/celeba, §12.4.1), folder (ImageFolder on <dataroot>), mnist, fashion-mnist,
-    cifar10 (download=True, §12.4.6), fake (FakeData of image_shape (C, H, W))."""
+    cifar10 (download=True, §12.4.6), fake (FakeData of image_shape (C, H, W)). train=False:
+    the test split (evaluate.py's reference)."""
     if name in ("celeba", "folder"):
         return _image_folder(os.path.join(dataroot, "celeba") if name == "celeba" else dataroot,
                              transform, name)
     if name == "fake":
-        return in_memory(dset.FakeData(size=FAKE_SIZE, image_size=image_shape, transform=transform))
+        return in_memory(dset.FakeData(size=FAKE_SIZE, image_size=image_shape, transform=transform,
+                                       random_offset=0 if train else FAKE_SIZE))
     cls = {"mnist": dset.MNIST, "fashion-mnist": dset.FashionMNIST, "cifar10": dset.CIFAR10}[name]
     try:
-        dataset = cls(root=dataroot, train=True, download=True, transform=transform)
+        dataset = cls(root=dataroot, train=train, download=True, transform=transform)
     except (RuntimeError, URLError, OSError) as e:
         folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
@@ -745,10 +747,11 @@ def save_checkpoint(ckpt, path):
 
 def load_checkpoint(path, script, allow_state_dict=False):
     """torch.load(weights_only=True) with a clear error for every way it can go wrong; with
-    allow_state_dict, a bare generator state_dict (netG.pt) comes back as {"netG": it}."""
+    allow_state_dict, a bare generator state_dict (netG.pt) comes back as {"netG": it}.
+    script None (evaluate.py): any script's checkpoint."""
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: train first (python {script}.py ...), "
-                        "or pass the right path")
+        raise UserError(f"no checkpoint at {path}: train first (python "
+                        f"{script or '<script>'}.py ...), or pass the right path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or pickled objects other than tensors
@@ -757,13 +760,13 @@ def load_checkpoint(path, script, allow_state_dict=False):
                "not a file that torch.save wrote, or one cut short")
         raise UserError(f"{path} is not a checkpoint this script can read: {why}") from None
     if isinstance(ckpt, dict) and "script" in ckpt:
-        if ckpt["script"] != script:
+        if script and ckpt["script"] != script:
             raise UserError(f"{path} was written by {ckpt['script']}.py, not {script}.py: "
                             f"use python {ckpt['script']}.py with it")
         return ckpt
     if allow_state_dict and isinstance(ckpt, dict) and all(torch.is_tensor(v) for v in ckpt.values()):
         return {"netG": ckpt}
-    raise UserError(f"{path} is not a checkpoint of {script}.py")
+    raise UserError(f"{path} is not a checkpoint of {script + '.py' if script else 'these scripts'}")
 
 
 def load_state(module, state, what, path):

@@ -1,0 +1,361 @@
+"""How good is a GAN? Numbers for its samples, to compare runs, seeds, losses or --amp (§12.7.3;
+002's FID and Inception Score).
+
+    python evaluate.py runs/02_dcgan-mnist/checkpoint.pt          # 10,000 samples of its G
+    python evaluate.py runs/03_cgan-mnist/checkpoint.pt --json    # and one JSON line at the end
+    python evaluate.py runs/01_mlp_gan-mnist/generated/ --dataset mnist  # PNGs made elsewhere
+    python evaluate.py --train --dataset fashion-mnist            # (re)train the classifier
+
+For MNIST and Fashion-MNIST the numbers live in the feature space of a small classifier of the
+dataset, trained here once (a few minutes on a CPU) and kept beside the data with the mean and
+covariance of its features on the test split:
+  FID      the Fréchet distance between the samples' features and the test split's; beside it
+           the floor, the same distance for as many real training images, sized the same way
+  score    the Inception Score, from the same classifier: 1 (one class) to 10 (all, sharply)
+  coverage the share of classes drawn at all, and the class histogram (§12.7.2's mode collapse)
+  cond_accuracy (03_cgan.py) how often the classifier reads the class that G was asked for
+Other datasets use torchvision's Inception-v3, where its weights are on this machine.
+More in docs/evaluate.md.
+"""
+import argparse
+import glob
+import importlib
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as transforms
+
+import common
+
+OWN = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fake": "FakeData"}  # own classifier
+VERSION = 2  # of the classifier's file: another one is rebuilt
+SIZE = 28    # the classifier's input, MNIST's own size
+
+parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("path", nargs="?", help="a checkpoint.pt of one of the scripts, a PNG grid, "
+                    "or a folder of PNGs (one image each, as --generate writes them)")
+parser.add_argument("--n", type=common._positive_int, default=10000,
+                    help="samples to draw from a checkpoint (default: 10000)")
+parser.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10", "celeba", "folder", "fake"],
+                    help="the data the images imitate (default: the checkpoint's; mnist for PNGs)")
+parser.add_argument("--dataroot", metavar="DIR", help="parent folder of the datasets, as in the "
+                    "scripts (default: the checkpoint's; data for PNGs)")
+parser.add_argument("--classifier", metavar="PATH", help="the classifier's file (default: "
+                    "<dataroot>/MNIST/classifier.pt, or FashionMNIST/...)")
+parser.add_argument("--train", action="store_true", help="train the classifier again, even if "
+                    "there is one (it is trained on first use anyway)")
+parser.add_argument("--image-size", type=common._positive_int, metavar="N",
+                    help="a PNG grid's image size (default: found from the grid: 28, 32 or 64)")
+parser.add_argument("--seed", type=int, help="which samples (default: the run's seed)")
+parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                    help="auto picks cuda, then mps, then cpu (default: auto)")
+parser.add_argument("--json", action="store_true", help="also print the numbers as one JSON "
+                    "object, on the last line")
+
+
+# The classifier: two small convolutions and a 128-wide layer whose activations are the
+# features (FID's space). 99.15 % on MNIST's test split after its 3 epochs
+class Classifier(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 14 x 14
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 7 x 7
+            nn.Flatten(), nn.Dropout(0.25),
+            nn.Linear(32 * 7 * 7, 128), nn.ReLU())                                            # the 128 features
+        self.head = nn.Linear(128, classes)
+        self.size, self.nc = SIZE, 1
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def embed(net, images, device):
+    """The features (float64, for the covariance) and the class probabilities of images in
+    [-1, 1], already sized for the network, in chunks of 500."""
+    feats, probs = [], []
+    net.eval()
+    with torch.no_grad():
+        for x in images.split(500):
+            f = net.features(x.to(device))
+            feats.append(f.double().cpu())
+            probs.append(F.softmax(net.head(f).float(), dim=1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+def fit(images, net):
+    """Images in [-1, 1] as the network takes them: grey if it is, and resized to its input the
+    same way for real and generated ones (bilinear, antialiased)."""
+    if images.shape[1] == 3 and net.nc == 1:
+        images = images.mean(1, keepdim=True)
+    elif images.shape[1] == 1 and net.nc == 3:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[-1] != net.size or images.shape[-2] != net.size:
+        images = F.interpolate(images, size=(net.size, net.size), mode="bilinear", antialias=True,
+                               align_corners=False)
+    return images
+
+
+# --- The numbers --------------------------------------------------------------------------------
+def statistics(feats):
+    return feats.mean(0), torch.cov(feats.T)
+
+
+def frechet(mu1, sigma1, mu2, sigma2):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2). Tr (S1 S2)^1/2 is the sum of the square
+    roots of the eigenvalues of S1^1/2 S2 S1^1/2, which is symmetric: no complex sqrtm needed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 128 x 128 eigh: 1 ms alone, 1 s when threads wait on a busy CPU
+    try:
+        w, v = torch.linalg.eigh(sigma1)
+        root1 = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+        middle = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0).sqrt().sum()
+    finally:
+        torch.set_num_threads(threads)
+    return ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * middle).item()
+
+
+def inception_score(probs):
+    """exp E_x KL(p(y|x) || p(y)): high when each image is one class and all classes appear."""
+    p_y = probs.mean(0, keepdim=True)
+    kl = (torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, p_y)).sum(1)
+    return kl.mean().exp().item()
+
+
+def class_histogram(probs, classes):
+    return torch.bincount(probs.argmax(1), minlength=len(classes)).tolist()
+
+
+def conditional_accuracy(probs, asked, classes):
+    """For each class G was asked for, the share of its samples read as that class; their mean."""
+    said = probs.argmax(1)
+    per_class = {classes[c]: (said[asked == c] == c).float().mean().item() for c in asked.unique().tolist()}
+    return sum(per_class.values()) / len(per_class), per_class
+
+
+# --- The classifier's file ----------------------------------------------------------------------
+def load_images(dataset, dataroot, train=True, size=SIZE, nc=1, n=None):
+    """A dataset (n of its images, drawn at random, if n is given) as one tensor in [-1, 1], by
+    the scripts' transform; its labels, and its class names."""
+    transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                    transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
+    data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+    if hasattr(data, "tensors"):  # in memory already
+        return data.tensors[0][idx], data.tensors[1][idx], data.classes
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=500,
+                                         num_workers=min(4, os.cpu_count() or 1))
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels), data.classes
+
+
+def train_classifier(dataset, dataroot, path, device):
+    """Train on the training split, measure on the test split, keep the test split's feature
+    statistics (never the training split's: a G that memorised it gains nothing), save."""
+    start = time.perf_counter()
+    print(f"Training the classifier of {dataset} on its training split, once (a few minutes on a CPU)")
+    images, labels, classes = load_images(dataset, dataroot)
+    torch.manual_seed(0)
+    net = Classifier(len(classes)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    epochs = 5 if dataset == "fashion-mnist" else 3
+    steps = math.ceil(len(images) / 128)  # a one-cycle schedule: up to 3e-3 and down, in few epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * steps)
+    for epoch in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(images)).split(128):
+            optimizer.zero_grad()
+            F.cross_entropy(net(images[idx].to(device)), labels[idx].to(device)).backward()
+            optimizer.step()
+            schedule.step()
+        print(f"  epoch {epoch + 1}/{epochs}, {time.perf_counter() - start:.0f} s", flush=True)
+    test, test_labels, _ = load_images(dataset, dataroot, train=False)
+    feats, probs = embed(net, test, device)
+    accuracy = (probs.argmax(1) == test_labels).float().mean().item()
+    mu, sigma = statistics(feats)
+    common.make_folder(os.path.dirname(path) or ".")
+    common.save_checkpoint({"evaluate": VERSION, "dataset": dataset, "classes": classes,
+                            "net": net.state_dict(), "mu": mu, "sigma": sigma,
+                            "test_accuracy": accuracy, "test_n": len(test)}, path)
+    print(f"Classifier: {accuracy:.2%} on the {len(test)} test images, in "
+          f"{time.perf_counter() - start:.0f} s; saved to {path}")
+
+
+def load_classifier(dataset, dataroot, path, device, retrain):
+    """The classifier and its reference statistics, trained first where there is none yet (or
+    it is from another version of this file); a file that is not one is refused."""
+    ckpt = None
+    if os.path.exists(path) and not retrain:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            ckpt = "unreadable"
+        if not (isinstance(ckpt, dict) and "evaluate" in ckpt):
+            raise common.UserError(f"{path} is not a classifier of evaluate.py: move it away (it "
+                                   "is then trained again), or pass --classifier PATH")
+        if ckpt["dataset"] != dataset:
+            raise common.UserError(f"{path} is the classifier of {ckpt['dataset']}, and these "
+                                   f"images are {dataset}: pass the right --classifier or --dataset")
+        if ckpt["evaluate"] != VERSION:
+            print(f"{path} is from another version of evaluate.py: training it again")
+            ckpt = None
+    if ckpt is None:
+        try:
+            train_classifier(dataset, dataroot, path, device)
+        except common.UserError as e:
+            raise common.UserError(f"no classifier at {path}, and no data to train one: {e}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    net = Classifier(len(ckpt["classes"]))
+    net.load_state_dict(ckpt["net"])
+    print(f"Classifier: {path} ({ckpt['test_accuracy']:.2%} on {dataset}'s {ckpt['test_n']} test images)")
+    return net.to(device), ckpt
+
+
+# --- Other datasets: Inception-v3 ---------------------------------------------------------------
+def inception_net(device):
+    """torchvision's Inception-v3 from its ImageNet weights, found locally or not at all (no
+    download here: one that fails offline is what this file avoids)."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+    url = Inception_V3_Weights.IMAGENET1K_V1.url
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    if not os.path.exists(path):
+        raise common.UserError(
+            f"FID on this dataset is measured in the features of Inception-v3, and its weights are "
+            f"not on this machine: download {url} (104 MB) to {path}, then run again. (MNIST and "
+            "Fashion-MNIST need no download: evaluate.py trains its own classifier for them.)")
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    head, net.fc = net.fc, nn.Identity()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    class Inception(nn.Module):  # [-1, 1] in, the 2048 pool features out; head: ImageNet's logits
+        def __init__(self):
+            super().__init__()
+            self.net, self.head, self.size, self.nc = net, head, 299, 3
+            self.features = lambda x: self.net(((x + 1) / 2 - mean.to(x.device)) / std.to(x.device))
+    return Inception().to(device)
+
+
+# --- What is scored -----------------------------------------------------------------------------
+def from_checkpoint(path, n, seed, device):
+    """n samples of a checkpoint's G, drawn by its script's own sampling; and the run's
+    settings, and for 03_cgan.py the class each sample was asked for."""
+    script = common.load_checkpoint(path, None, allow_state_dict=True).get("script")
+    if script is None:
+        raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py "
+                               "needs the run's checkpoint.pt, which says which script and settings made it")
+    module = importlib.import_module(script)
+    argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
+    args, ckpt = common.get_args(module.parser, argv, script)
+    out = module.samples(args, ckpt, device)
+    batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+    return torch.cat(list(batches)), args, asked
+
+
+def from_pngs(path, nc, image_size):
+    """A folder of PNGs (one image each), or a PNG grid as save_grid writes it (padding 2)."""
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
+    read = lambda f: to_tensor(common.read_image(f).convert("L" if nc == 1 else "RGB"))
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.png")))
+        if not files:
+            raise common.UserError(f"{path} has no .png files")
+        images = [read(f) for f in files]
+        if len({x.shape for x in images}) > 1:
+            raise common.UserError(f"the PNGs in {path} are not all the same size")
+        return torch.stack(images)
+    grid = read(path)
+    _, h, w = grid.shape
+    sizes = [image_size] if image_size else [28, 32, 64]
+    fits = [s for s in sizes if (h - 2) % (s + 2) == 0 and (w - 2) % (s + 2) == 0
+            and (grid[:, ::s + 2] == -1).all() and (grid[:, :, ::s + 2] == -1).all()]
+    if len(fits) != 1:
+        raise common.UserError(f"cannot tell the images apart in the {w}x{h} grid {path}: pass "
+                               "--image-size N (the grid must have save_grid's padding of 2)")
+    s = fits[0]
+    cells = grid[:, 2:, 2:].unfold(1, s, s + 2).unfold(2, s, s + 2)  # C, rows, cols, s, s
+    images = cells.permute(1, 2, 0, 3, 4).reshape(-1, grid.shape[0], s, s)
+    while len(images) > 1 and (images[-1] == -1).all():  # a last row's empty cells
+        images = images[:-1]
+    return images
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    if not args.path and not args.train:
+        parser.error("give a checkpoint, a PNG grid or a folder of PNGs to score (or --train)")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
+                          else "mps" if torch.backends.mps.is_available() else "cpu")
+    start, fake, run, asked = time.perf_counter(), None, None, None
+    if args.path and args.path.endswith(".pt"):
+        fake, run, asked = from_checkpoint(args.path, args.n, args.seed, device)
+        what = f"{len(fake)} samples of {args.path} ({run.dataset}, seed {run.seed})"
+    dataset = args.dataset or (run.dataset if run else "mnist")
+    dataroot = args.dataroot or (run.dataroot if run else "data")
+    if dataset not in OWN:
+        if args.train:
+            raise common.UserError(f"--train: evaluate.py's own classifier is for MNIST and "
+                                   f"Fashion-MNIST; {dataset} is scored with Inception-v3")
+        net, ref = inception_net(device), None
+    else:
+        path = args.classifier or os.path.join(dataroot, OWN[dataset], "classifier.pt")
+        net, ref = load_classifier(dataset, dataroot, path, device, args.train)
+    if not args.path:
+        return 0
+    if fake is None:
+        fake = from_pngs(args.path, net.nc if dataset in OWN else 3, args.image_size)
+        what = f"{len(fake)} images of {args.path}"
+    size = fake.shape[-1]
+    resized = (f", resized from {size}x{size} to {net.size}x{net.size} as are the real images"
+               if size != net.size else "")
+    print(f"Scoring {what}{resized}")
+
+    feats, probs = embed(net, fit(fake, net), device)
+    fid_floor, hist, coverage, classes = None, None, None, None
+    if ref is not None:  # own classifier: the test split's statistics, the floor from the training split
+        classes = ref["classes"]
+        real, _, _ = load_images(dataset, dataroot, n=len(fake))
+        if size != SIZE:  # as the script's transform made them, then down as the samples go
+            real = F.interpolate(real, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        real_feats, _ = embed(net, fit(real, net), device)
+        fid = frechet(*statistics(feats), ref["mu"].double(), ref["sigma"].double())
+        fid_floor = frechet(*statistics(real_feats), ref["mu"].double(), ref["sigma"].double())
+        hist = class_histogram(probs, classes)
+        coverage = sum(c > 0 for c in hist) / len(hist)
+    else:  # Inception: against as many real training images, sized as the samples
+        real, _, _ = load_images(dataset, dataroot, size=size, nc=fake.shape[1], n=len(fake))
+        real_feats, _ = embed(net, fit(real, net), device)
+        fid = frechet(*statistics(feats), *statistics(real_feats))
+    score = inception_score(probs)
+
+    print(f"FID: {fid:.2f}" + (f" (floor {fid_floor:.2f}: {len(fake)} real training images, sized "
+                               "the same way, against the same test statistics)" if fid_floor is not None
+                               else f" (against {len(real)} real training images, in Inception-v3's features)"))
+    print(f"Score: {score:.2f}" + (f" (1 to {len(classes)})" if classes else " (Inception Score, ImageNet's classes)"))
+    result = {"fid": fid, "fid_floor": fid_floor, "score": score, "coverage": coverage,
+              "class_hist": dict(zip(classes, hist)) if hist else None, "n": len(fake)}
+    if hist:
+        least, most = min(range(len(hist)), key=hist.__getitem__), max(range(len(hist)), key=hist.__getitem__)
+        print(f"Coverage: {sum(c > 0 for c in hist)} of {len(hist)} classes drawn; least drawn "
+              f"{classes[least]} ({hist[least] / len(fake):.1%}), most drawn {classes[most]} "
+              f"({hist[most] / len(fake):.1%}); a fair share is {1 / len(hist):.1%}")
+        print("Classes: " + ", ".join(f"{c}: {k}" for c, k in zip(classes, hist)))
+    if asked is not None and classes:
+        result["cond_accuracy"], result["cond_accuracy_per_class"] = conditional_accuracy(probs, asked, classes)
+        print(f"Conditional accuracy: {result['cond_accuracy']:.2%} of the samples read as the class "
+              "asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in result["cond_accuracy_per_class"].items()) + ")")
+    print(f"({time.perf_counter() - start:.0f} s on {device.type})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    common.cli(main)

@@ -1,0 +1,183 @@
+"""evaluate.py: the numbers themselves, the classifier's file, every kind of input, and the
+messages for bad ones. No real data: the classifier is trained a few steps on FakeData."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import common
+from conftest import load_script, make_images, usage_error, user_error
+
+import evaluate
+
+mlp, cgan = load_script("01_mlp_gan"), load_script("03_cgan")
+
+
+def scores(argv, capsys):
+    """evaluate.py's JSON line, and the lines before it."""
+    capsys.readouterr()
+    assert evaluate.main(argv + ["--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1]), "\n".join(lines[:-1])
+
+
+@pytest.fixture
+def data(tmp_path, capsys):
+    """A dataroot with the classifier of --dataset fake in it, trained once."""
+    assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(tmp_path)]) == 0
+    assert "Training the classifier of fake" in capsys.readouterr().out
+    return tmp_path
+
+
+def tiny_run(main, out, dataroot, *extra):
+    argv = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "2",
+            "--dataroot", str(dataroot), "--out", str(out), *extra]
+    assert main(argv) == 0
+    return str(out / "checkpoint.pt")
+
+
+# --- The numbers ------------------------------------------------------------------------------
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_of_gaussians_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(500, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    mu, sigma = evaluate.statistics(feats)
+    assert evaluate.frechet(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-8)
+    # N(mu, S) against N(mu + d, c^2 S): |d|^2 + Tr(S + c^2 S - 2 c S) = |d|^2 + (1 - c)^2 Tr S
+    d, c = torch.tensor([1.0, -2, 0, 0, 3, 0], dtype=torch.float64), 3.0
+    assert evaluate.frechet(mu, sigma, mu + d, c * c * sigma) == pytest.approx(
+        14 + (1 - c) ** 2 * sigma.trace().item(), rel=1e-6)
+    # diagonal: sum (sqrt(a) - sqrt(b))^2
+    a, b = torch.tensor([1.0, 4, 9], dtype=torch.float64), torch.tensor([4.0, 1, 1], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert evaluate.frechet(zero, torch.diag(a), zero, torch.diag(b)) == pytest.approx(1 + 1 + 4)
+
+
+def test_score_is_ten_for_sure_and_even_predictions_and_one_for_a_single_class():
+    sure_and_even = torch.eye(10).repeat(30, 1)
+    assert evaluate.inception_score(sure_and_even) == pytest.approx(10)
+    assert evaluate.inception_score(torch.eye(10)[[3] * 300]) == pytest.approx(1)
+    assert evaluate.inception_score(torch.full((300, 10), 0.1)) == pytest.approx(1)  # unsure
+    half = torch.eye(10)[[0, 1] * 50]  # two classes, sure: 2
+    assert evaluate.inception_score(half) == pytest.approx(2)
+
+
+def test_histogram_coverage_and_conditional_accuracy_of_made_up_predictions():
+    classes = [str(c) for c in range(4)]
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.8, 0.1, 0.0], [0.6, 0.2, 0.1, 0.1],
+                          [0.0, 0.1, 0.1, 0.8], [0.2, 0.1, 0.1, 0.6], [0.9, 0.0, 0.1, 0.0]])
+    assert evaluate.class_histogram(probs, classes) == [3, 1, 0, 2]  # class 2 never drawn
+    asked = torch.tensor([0, 0, 1, 1, 3, 3])  # read as 0, 1 | 0, 3 | 3, 0
+    mean, per_class = evaluate.conditional_accuracy(probs, asked, classes)
+    assert per_class == {"0": 0.5, "1": 0.0, "3": 0.5} and mean == pytest.approx(1 / 3)
+    asked = torch.tensor([0, 1, 0, 3, 3, 0])
+    mean, per_class = evaluate.conditional_accuracy(probs, asked, classes)
+    assert per_class == {"0": 1.0, "1": 1.0, "3": 1.0} and mean == 1.0
+
+
+# --- End to end ---------------------------------------------------------------------------------
+def test_a_checkpoint_end_to_end(data, tmp_path, capsys):
+    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
+    result, text = scores([ckpt, "--n", "50"], capsys)
+    assert set(result) == {"fid", "fid_floor", "score", "coverage", "class_hist", "n"}
+    assert result["n"] == 50 and sum(result["class_hist"].values()) == 50
+    assert result["fid"] > 0 and result["fid_floor"] >= 0 and 1 <= result["score"] <= 10
+    assert result["coverage"] == sum(k > 0 for k in result["class_hist"].values()) / 10
+    assert "Training" not in text  # the classifier is kept beside the data, and loaded again
+    assert f"Classifier: {data / 'FakeData' / 'classifier.pt'}" in text
+    assert "50 samples of" in text and "resized" not in text  # 01's images are 28x28 already
+    # the same samples again: the same numbers; another seed: other samples
+    again, _ = scores([ckpt, "--n", "50"], capsys)
+    assert again == result
+    other, _ = scores([ckpt, "--n", "50", "--seed", "5"], capsys)
+    assert other["fid"] != result["fid"]
+
+
+def test_the_conditional_gan_is_asked_for_each_class_in_turn(data, tmp_path, capsys):
+    ckpt = tiny_run(cgan.main, tmp_path / "r", data, "--ngf", "8", "--ndf", "8")
+    result, text = scores([ckpt, "--n", "40"], capsys)
+    assert set(result["cond_accuracy_per_class"]) == {str(c) for c in range(10)}
+    assert result["cond_accuracy"] == pytest.approx(sum(result["cond_accuracy_per_class"].values()) / 10)
+    assert "resized from 32x32 to 28x28" in text and "Conditional accuracy" in text
+    # evaluate.py's classes are those of 03's --generate rows: 4 of class 0, then 4 of class 1 ...
+    args, ck = common.get_args(cgan.parser, ["--generate", "40", "--checkpoint", ckpt], "03_cgan")
+    _, asked, _ = cgan.samples(args, ck, torch.device("cpu"))
+    assert asked.tolist() == [c for c in range(10) for _ in range(4)]
+
+
+def test_a_grid_and_a_folder_of_pngs_give_back_their_images(tmp_path):
+    images = torch.rand(20, 1, 28, 28) * 2 - 1
+    common.save_grid(images, str(tmp_path / "grid.png"))  # 8 a row: 4 empty cells at the end
+    back = evaluate.from_pngs(str(tmp_path / "grid.png"), 1, None)
+    assert back.shape == (20, 1, 28, 28) and (back - images).abs().max() <= 1 / 127.5 + 1e-6
+    os.makedirs(tmp_path / "each")
+    for k in range(5):
+        common.save_grid(images[k], str(tmp_path / "each" / f"{k:07d}.png"))
+    back = evaluate.from_pngs(str(tmp_path / "each"), 1, None)
+    assert back.shape == (5, 1, 28, 28) and (back - images[:5]).abs().max() <= 1 / 127.5 + 1e-6
+
+
+def test_pngs_are_scored_like_a_checkpoint(data, tmp_path, capsys):
+    common.save_grid(torch.rand(30, 1, 32, 32) * 2 - 1, str(tmp_path / "g.png"))
+    result, text = scores([str(tmp_path / "g.png"), "--dataset", "fake", "--dataroot", str(data)], capsys)
+    assert result["n"] == 30 and "resized from 32x32 to 28x28" in text
+
+
+def test_other_datasets_use_inception_and_say_what_to_download(tmp_path, monkeypatch, capsys):
+    make_images(str(tmp_path / "faces" / "a"), 12, size=(40, 40), ext="png")
+    common.save_grid(torch.rand(9, 3, 32, 32) * 2 - 1, str(tmp_path / "g.png"))
+    argv = [str(tmp_path / "g.png"), "--dataset", "folder", "--dataroot", str(tmp_path / "faces")]
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights there
+    msg = user_error(evaluate.main, argv)
+    assert "Inception-v3" in msg and "download https://" in msg and str(tmp_path / "hub") in msg
+
+    class StandIn(nn.Module):  # Inception's interface, small: features, head, input size, channels
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.Flatten(), nn.LazyLinear(16))
+            self.head, self.size, self.nc = nn.Linear(16, 5), 30, 3
+    monkeypatch.setattr(evaluate, "inception_net", lambda device: StandIn().to(device))
+    result, text = scores(argv, capsys)
+    assert result["n"] == 9 and result["fid"] > 0
+    assert result["fid_floor"] is None and result["coverage"] is None
+    assert "against 9 real training images" in text
+
+
+# --- The classifier's file and bad inputs -------------------------------------------------------
+def test_bad_inputs_get_one_clear_line(data, tmp_path, monkeypatch, capsys):
+    assert user_error(evaluate.main, [str(tmp_path / "none.pt")]).startswith(
+        f"error: no checkpoint at {tmp_path / 'none.pt'}")
+    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
+    msg = user_error(evaluate.main, [str(tmp_path / "r" / "netG.pt")])
+    assert "a generator's weights alone" in msg and "checkpoint.pt" in msg
+    # no classifier, and no data to train one (offline)
+    from urllib.error import URLError
+    import torchvision.datasets.mnist as mnist
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+    monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
+    msg = user_error(evaluate.main, [ckpt, "--dataset", "mnist", "--dataroot", str(tmp_path / "empty")])
+    assert msg.startswith(f"error: no classifier at {tmp_path / 'empty' / 'MNIST' / 'classifier.pt'}, "
+                          "and no data to train one: could not download MNIST")
+    # a file that is not a classifier is refused, and left as it was
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    msg = user_error(evaluate.main, [ckpt, "--dataroot", str(data), "--classifier", str(tmp_path / "foreign.pt")])
+    assert "is not a classifier of evaluate.py" in msg
+    assert set(torch.load(tmp_path / "foreign.pt", weights_only=True)) == {"weights"}
+    # the classifier of another dataset
+    other = torch.load(data / "FakeData" / "classifier.pt", weights_only=True)
+    torch.save({**other, "dataset": "mnist"}, tmp_path / "mnist.pt")
+    msg = user_error(evaluate.main, [ckpt, "--dataroot", str(data), "--classifier", str(tmp_path / "mnist.pt")])
+    assert "is the classifier of mnist, and these images are fake" in msg
+    assert "give a checkpoint, a PNG grid or a folder of PNGs" in usage_error(evaluate.main, [], capsys)
+
+
+def test_a_stale_classifier_is_trained_again(data, tmp_path, capsys):
+    path = data / "FakeData" / "classifier.pt"
+    torch.save({**torch.load(path, weights_only=True), "evaluate": 0}, path)
+    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
+    _, text = scores([ckpt, "--n", "20"], capsys)
+    assert "from another version of evaluate.py: training it again" in text
+    assert torch.load(path, weights_only=True)["evaluate"] == evaluate.VERSION
