@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
+from PIL import Image
 
 import common
 
@@ -76,30 +77,34 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def embed(net, images, device):
-    """The features (float64, for the covariance) and the class probabilities of images in
-    [-1, 1], already sized for the network, in chunks of 500."""
-    feats, probs = [], []
+def embed(net, batches, device):
+    """The features (float64, for the covariance) and class probabilities of batches of images
+    in [-1, 1], each made fit for the network first (fit); and the images' own size."""
+    feats, probs, size = [], [], None
     net.eval()
     with torch.no_grad():
-        for x in images.split(500):
-            f = net.features(x.to(device))
+        for x in batches:
+            size = x.shape[-1]
+            f = net.features(fit(x, net).to(device))
             feats.append(f.double().cpu())
             probs.append(F.softmax(net.head(f).float(), dim=1).cpu())
-    return torch.cat(feats), torch.cat(probs)
+    return torch.cat(feats), torch.cat(probs), size
 
 
 def fit(images, net):
-    """Images in [-1, 1] as the network takes them: grey if it is, and resized to its input the
-    same way for real and generated ones (bilinear, antialiased)."""
+    """Images as the network takes them: grey if it is, and resized to its input size, the same
+    way for real and generated ones (bilinear, antialiased)."""
     if images.shape[1] == 3 and net.nc == 1:
         images = images.mean(1, keepdim=True)
     elif images.shape[1] == 1 and net.nc == 3:
         images = images.expand(-1, 3, -1, -1)
-    if images.shape[-1] != net.size or images.shape[-2] != net.size:
-        images = F.interpolate(images, size=(net.size, net.size), mode="bilinear", antialias=True,
-                               align_corners=False)
-    return images
+    return resize(images, net.size)
+
+
+def resize(images, size):
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 # --- The numbers --------------------------------------------------------------------------------
@@ -176,7 +181,7 @@ def train_classifier(dataset, dataroot, path, device):
             schedule.step()
         print(f"  epoch {epoch + 1}/{epochs}, {time.perf_counter() - start:.0f} s", flush=True)
     test, test_labels, _ = load_images(dataset, dataroot, train=False)
-    feats, probs = embed(net, test, device)
+    feats, probs, _ = embed(net, test.split(500), device)
     accuracy = (probs.argmax(1) == test_labels).float().mean().item()
     mu, sigma = statistics(feats)
     common.make_folder(os.path.dirname(path) or ".")
@@ -256,13 +261,19 @@ def from_checkpoint(path, n, seed, device):
     args, ckpt = common.get_args(module.parser, argv, script)
     out = module.samples(args, ckpt, device)
     batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-    return torch.cat(list(batches)), args, asked
+    return batches, args, asked, f"{args.generate} samples of {path} ({script}, {args.dataset}, seed {args.seed})"
 
 
 def from_pngs(path, nc, image_size):
     """A folder of PNGs (one image each), or a PNG grid as save_grid writes it (padding 2)."""
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
-    read = lambda f: to_tensor(common.read_image(f).convert("L" if nc == 1 else "RGB"))
+
+    def read(file):
+        try:
+            with Image.open(file) as image:
+                return to_tensor(image.convert("L" if nc == 1 else "RGB"))
+        except (OSError, ValueError) as e:
+            raise common.UserError(f"cannot read {file} as an image: {e}") from None
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "*.png")))
         if not files:
@@ -291,66 +302,63 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.path and not args.train:
         parser.error("give a checkpoint, a PNG grid or a folder of PNGs to score (or --train)")
+    if args.path and not args.path.endswith(".pt") and not os.path.exists(args.path):
+        raise common.UserError(f"{args.path}: no such file or folder")
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
-    start, fake, run, asked = time.perf_counter(), None, None, None
+    start, run, asked = time.perf_counter(), None, None
     if args.path and args.path.endswith(".pt"):
-        fake, run, asked = from_checkpoint(args.path, args.n, args.seed, device)
-        what = f"{len(fake)} samples of {args.path} ({run.dataset}, seed {run.seed})"
+        batches, run, asked, what = from_checkpoint(args.path, args.n, args.seed, device)
     dataset = args.dataset or (run.dataset if run else "mnist")
     dataroot = args.dataroot or (run.dataroot if run else "data")
-    if dataset not in OWN:
-        if args.train:
-            raise common.UserError(f"--train: evaluate.py's own classifier is for MNIST and "
-                                   f"Fashion-MNIST; {dataset} is scored with Inception-v3")
-        net, ref = inception_net(device), None
-    else:
+    if dataset in OWN:
         path = args.classifier or os.path.join(dataroot, OWN[dataset], "classifier.pt")
         net, ref = load_classifier(dataset, dataroot, path, device, args.train)
+    elif args.train:
+        raise common.UserError(f"--train: evaluate.py's own classifier is for MNIST and "
+                               f"Fashion-MNIST; {dataset} is scored with Inception-v3")
+    else:
+        net, ref = inception_net(device), None
     if not args.path:
         return 0
-    if fake is None:
-        fake = from_pngs(args.path, net.nc if dataset in OWN else 3, args.image_size)
-        what = f"{len(fake)} images of {args.path}"
-    size = fake.shape[-1]
-    resized = (f", resized from {size}x{size} to {net.size}x{net.size} as are the real images"
-               if size != net.size else "")
-    print(f"Scoring {what}{resized}")
+    if run is None:
+        batches = from_pngs(args.path, 1 if dataset in ("mnist", "fashion-mnist") else 3, args.image_size)
+        what = f"{len(batches)} images of {args.path}"
+        batches = batches.split(500)
+    print(f"Scoring {what}", flush=True)
+    feats, probs, size = embed(net, batches, device)
+    n = len(feats)
+    if size != net.size:
+        print(f"(resized from {size}x{size} to {net.size}x{net.size} for the network, as are the real images)")
 
-    feats, probs = embed(net, fit(fake, net), device)
-    fid_floor, hist, coverage, classes = None, None, None, None
-    if ref is not None:  # own classifier: the test split's statistics, the floor from the training split
+    # the real images: as the script's transform made them (sized like the samples), then fit
+    # for the network the same way
+    real, _, _ = load_images(dataset, dataroot, n=n, size=SIZE if ref else size, nc=1 if ref else 3)
+    real_feats, _, _ = embed(net, resize(real, size).split(500), device)
+    result = {"score": inception_score(probs), "n": n}
+    if ref is not None:  # the test split's statistics; the floor: n real training images
         classes = ref["classes"]
-        real, _, _ = load_images(dataset, dataroot, n=len(fake))
-        if size != SIZE:  # as the script's transform made them, then down as the samples go
-            real = F.interpolate(real, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        real_feats, _ = embed(net, fit(real, net), device)
-        fid = frechet(*statistics(feats), ref["mu"].double(), ref["sigma"].double())
-        fid_floor = frechet(*statistics(real_feats), ref["mu"].double(), ref["sigma"].double())
+        result["fid"] = frechet(*statistics(feats), ref["mu"].double(), ref["sigma"].double())
+        result["fid_floor"] = frechet(*statistics(real_feats), ref["mu"].double(), ref["sigma"].double())
         hist = class_histogram(probs, classes)
-        coverage = sum(c > 0 for c in hist) / len(hist)
-    else:  # Inception: against as many real training images, sized as the samples
-        real, _, _ = load_images(dataset, dataroot, size=size, nc=fake.shape[1], n=len(fake))
-        real_feats, _ = embed(net, fit(real, net), device)
-        fid = frechet(*statistics(feats), *statistics(real_feats))
-    score = inception_score(probs)
-
-    print(f"FID: {fid:.2f}" + (f" (floor {fid_floor:.2f}: {len(fake)} real training images, sized "
-                               "the same way, against the same test statistics)" if fid_floor is not None
-                               else f" (against {len(real)} real training images, in Inception-v3's features)"))
-    print(f"Score: {score:.2f}" + (f" (1 to {len(classes)})" if classes else " (Inception Score, ImageNet's classes)"))
-    result = {"fid": fid, "fid_floor": fid_floor, "score": score, "coverage": coverage,
-              "class_hist": dict(zip(classes, hist)) if hist else None, "n": len(fake)}
-    if hist:
-        least, most = min(range(len(hist)), key=hist.__getitem__), max(range(len(hist)), key=hist.__getitem__)
-        print(f"Coverage: {sum(c > 0 for c in hist)} of {len(hist)} classes drawn; least drawn "
-              f"{classes[least]} ({hist[least] / len(fake):.1%}), most drawn {classes[most]} "
-              f"({hist[most] / len(fake):.1%}); a fair share is {1 / len(hist):.1%}")
+        result["coverage"], result["class_hist"] = sum(k > 0 for k in hist) / len(hist), dict(zip(classes, hist))
+        print(f"FID: {result['fid']:.2f} (floor {result['fid_floor']:.2f}: {len(real)} real training images, "
+              "sized the same way, against the same test-split statistics)")
+        print(f"Score: {result['score']:.2f} (1 to {len(classes)})")
+        least, most = hist.index(min(hist)), hist.index(max(hist))
+        print(f"Coverage: {sum(k > 0 for k in hist)} of {len(hist)} classes drawn; least drawn "
+              f"{classes[least]} ({hist[least] / n:.1%}), most drawn {classes[most]} "
+              f"({hist[most] / n:.1%}); a fair share is {1 / len(hist):.1%}")
         print("Classes: " + ", ".join(f"{c}: {k}" for c, k in zip(classes, hist)))
-    if asked is not None and classes:
-        result["cond_accuracy"], result["cond_accuracy_per_class"] = conditional_accuracy(probs, asked, classes)
-        print(f"Conditional accuracy: {result['cond_accuracy']:.2%} of the samples read as the class "
-              "asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in result["cond_accuracy_per_class"].items()) + ")")
+        if asked is not None:
+            result["cond_accuracy"], result["cond_accuracy_per_class"] = conditional_accuracy(probs, asked, classes)
+            print(f"Conditional accuracy: {result['cond_accuracy']:.2%} of the samples read as the "
+                  "class asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in result["cond_accuracy_per_class"].items()) + ")")
+    else:  # Inception: against as many real training images; no floor, no classes of its own
+        result.update(fid=frechet(*statistics(feats), *statistics(real_feats)), fid_floor=None,
+                      coverage=None, class_hist=None)
+        print(f"FID: {result['fid']:.2f} (against {len(real)} real training images, in Inception-v3's features)")
+        print(f"Score: {result['score']:.2f} (Inception Score, over ImageNet's 1000 classes)")
     print(f"({time.perf_counter() - start:.0f} s on {device.type})")
     if args.json:
         print(json.dumps(result))

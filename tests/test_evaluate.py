@@ -23,19 +23,35 @@ def scores(argv, capsys):
     return json.loads(lines[-1]), "\n".join(lines[:-1])
 
 
-@pytest.fixture
-def data(tmp_path, capsys):
-    """A dataroot with the classifier of --dataset fake in it, trained once."""
-    assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(tmp_path)]) == 0
-    assert "Training the classifier of fake" in capsys.readouterr().out
-    return tmp_path
-
-
 def tiny_run(main, out, dataroot, *extra):
-    argv = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "2",
+    argv = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "1",
             "--dataroot", str(dataroot), "--out", str(out), *extra]
     assert main(argv) == 0
     return str(out / "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A dataroot with the classifier of --dataset fake in it, trained once for the module, and
+    a tiny run of 01 on that data."""
+    root = tmp_path_factory.mktemp("data")
+    common.FAKE_SIZE = 32  # (small_fake_data's, for this module-wide fixture)
+    try:
+        assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(root)]) == 0
+        ckpt = tiny_run(mlp.main, root / "r", root)
+    finally:
+        common.FAKE_SIZE = 1000
+    return root, ckpt
+
+
+@pytest.fixture
+def data(trained):
+    return trained[0]
+
+
+@pytest.fixture
+def ckpt01(trained):
+    return trained[1]
 
 
 # --- The numbers ------------------------------------------------------------------------------
@@ -77,8 +93,8 @@ def test_histogram_coverage_and_conditional_accuracy_of_made_up_predictions():
 
 
 # --- End to end ---------------------------------------------------------------------------------
-def test_a_checkpoint_end_to_end(data, tmp_path, capsys):
-    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
+def test_a_checkpoint_end_to_end(data, ckpt01, capsys):
+    ckpt = ckpt01
     result, text = scores([ckpt, "--n", "50"], capsys)
     assert set(result) == {"fid", "fid_floor", "score", "coverage", "class_hist", "n"}
     assert result["n"] == 50 and sum(result["class_hist"].values()) == 50
@@ -145,11 +161,11 @@ def test_other_datasets_use_inception_and_say_what_to_download(tmp_path, monkeyp
 
 
 # --- The classifier's file and bad inputs -------------------------------------------------------
-def test_bad_inputs_get_one_clear_line(data, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, capsys):
     assert user_error(evaluate.main, [str(tmp_path / "none.pt")]).startswith(
         f"error: no checkpoint at {tmp_path / 'none.pt'}")
-    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
-    msg = user_error(evaluate.main, [str(tmp_path / "r" / "netG.pt")])
+    ckpt = ckpt01
+    msg = user_error(evaluate.main, [os.path.join(os.path.dirname(ckpt), "netG.pt")])
     assert "a generator's weights alone" in msg and "checkpoint.pt" in msg
     # no classifier, and no data to train one (offline)
     from urllib.error import URLError
@@ -174,10 +190,10 @@ def test_bad_inputs_get_one_clear_line(data, tmp_path, monkeypatch, capsys):
     assert "give a checkpoint, a PNG grid or a folder of PNGs" in usage_error(evaluate.main, [], capsys)
 
 
-def test_a_stale_classifier_is_trained_again(data, tmp_path, capsys):
-    path = data / "FakeData" / "classifier.pt"
-    torch.save({**torch.load(path, weights_only=True), "evaluate": 0}, path)
-    ckpt = tiny_run(mlp.main, tmp_path / "r", data)
-    _, text = scores([ckpt, "--n", "20"], capsys)
+def test_a_stale_classifier_is_trained_again(data, ckpt01, tmp_path, capsys):
+    path = tmp_path / "FakeData" / "classifier.pt"
+    os.makedirs(path.parent)
+    torch.save({**torch.load(data / "FakeData" / "classifier.pt", weights_only=True), "evaluate": 0}, path)
+    _, text = scores([ckpt01, "--n", "20", "--dataroot", str(tmp_path)], capsys)
     assert "from another version of evaluate.py: training it again" in text
     assert torch.load(path, weights_only=True)["evaluate"] == evaluate.VERSION
