@@ -150,11 +150,11 @@ def load_images(dataset, dataroot, train=True, size=SIZE, nc=1, n=None):
     the scripts' transform; its labels, and its class names."""
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                     transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
-    data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train)
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-    if hasattr(data, "tensors"):  # in memory already
-        return data.tensors[0][idx], data.tensors[1][idx], data.classes
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=500,
+    data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train, n=n)
+    if hasattr(data, "tensors"):  # in memory already, n of them
+        return data.tensors[0], data.tensors[1], data.classes
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=500,
                                          num_workers=min(4, os.cpu_count() or 1))
     images, labels = zip(*loader)
     return torch.cat(images), torch.cat(labels), data.classes
@@ -335,7 +335,8 @@ def main(argv=None):
     # for the network the same way
     real, _, _ = load_images(dataset, dataroot, n=n, size=SIZE if ref else size, nc=1 if ref else 3)
     real_feats, _, _ = embed(net, resize(real, size).split(500), device)
-    result = {"score": inception_score(probs), "n": n}
+    result = {"fid": None, "fid_floor": None, "score": inception_score(probs), "coverage": None,
+              "class_hist": None, "n": n}
     if ref is not None:  # the test split's statistics; the floor: n real training images
         classes = ref["classes"]
         result["fid"] = frechet(*statistics(feats), ref["mu"].double(), ref["sigma"].double())
@@ -355,8 +356,7 @@ def main(argv=None):
             print(f"Conditional accuracy: {result['cond_accuracy']:.2%} of the samples read as the "
                   "class asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in result["cond_accuracy_per_class"].items()) + ")")
     else:  # Inception: against as many real training images; no floor, no classes of its own
-        result.update(fid=frechet(*statistics(feats), *statistics(real_feats)), fid_floor=None,
-                      coverage=None, class_hist=None)
+        result["fid"] = frechet(*statistics(feats), *statistics(real_feats))
         print(f"FID: {result['fid']:.2f} (against {len(real)} real training images, in Inception-v3's features)")
         print(f"Score: {result['score']:.2f} (Inception Score, over ImageNet's 1000 classes)")
     print(f"({time.perf_counter() - start:.0f} s on {device.type})")
