@@ -84,6 +84,9 @@ def test_histogram_coverage_and_conditional_accuracy_of_made_up_predictions():
     probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.8, 0.1, 0.0], [0.6, 0.2, 0.1, 0.1],
                           [0.0, 0.1, 0.1, 0.8], [0.2, 0.1, 0.1, 0.6], [0.9, 0.0, 0.1, 0.0]])
     assert evaluate.class_histogram(probs, classes) == [3, 1, 0, 2]  # class 2 never drawn
+    # a class counts as covered from half its even share on: here 12.5 of 100
+    assert evaluate.coverage([50, 30, 15, 5]) == 0.75 and evaluate.coverage([25, 25, 13, 37]) == 1
+    assert evaluate.coverage([100, 0, 0, 0]) == 0.25
     asked = torch.tensor([0, 0, 1, 1, 3, 3])  # read as 0, 1 | 0, 3 | 3, 0
     mean, per_class = evaluate.conditional_accuracy(probs, asked, classes)
     assert per_class == {"0": 0.5, "1": 0.0, "3": 0.5} and mean == pytest.approx(1 / 3)
@@ -99,7 +102,7 @@ def test_a_checkpoint_end_to_end(data, ckpt01, capsys):
     assert set(result) == {"fid", "fid_floor", "score", "coverage", "class_hist", "n"}
     assert result["n"] == 50 and sum(result["class_hist"].values()) == 50
     assert result["fid"] > 0 and result["fid_floor"] >= 0 and 1 <= result["score"] <= 10
-    assert result["coverage"] == sum(k > 0 for k in result["class_hist"].values()) / 10
+    assert result["coverage"] == evaluate.coverage(list(result["class_hist"].values()))
     assert "Training" not in text  # the classifier is kept beside the data, and loaded again
     assert f"Classifier: {data / 'FakeData' / 'classifier.pt'}" in text
     assert "50 samples of" in text and "resized" not in text  # 01's images are 28x28 already
