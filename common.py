@@ -82,7 +82,7 @@ def _checked(kind, ok, says):
     return parse
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number")
+positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number")
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "must be a positive number")
 _beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 _workers = _checked(int, lambda v: v >= 0, "must be 0 or more")
@@ -114,7 +114,7 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     def add(flag, help, **kw):
         dest = flag[2:].replace("-", "_")
         if dest in defaults:
-            if kw.get("type") in (_positive_int, _workers, int):
+            if kw.get("type") in (positive_int, _workers, int):
                 kw.setdefault("metavar", "N")
             text = said.get(dest, "%(default)s")
             p.add_argument(flag, default=defaults[dest], help=f"{help} (default: {text})", **kw)
@@ -124,14 +124,14 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
         "DIR/celeba/img_align_celeba/*.jpg; for --dataset folder, an ImageFolder root", metavar="DIR")
     p.add_argument("--out", metavar="DIR", help="where the run writes everything "
                    "(default: runs/<script>-<dataset>)")
-    add("--epochs", "number of training epochs", type=_positive_int)
-    add("--batch-size", "batch size during training", type=_positive_int)
+    add("--epochs", "number of training epochs", type=positive_int)
+    add("--batch-size", "batch size during training", type=positive_int)
     add("--lr", "learning rate of both optimizers", type=_positive_float)
     add("--beta1", "beta1 of Adam", type=_beta)
     add("--beta2", "beta2 of Adam", type=_beta)
-    add("--nz", "size of the latent vector z", type=_positive_int)
-    add("--ngf", "size of the feature maps in the generator", type=_positive_int)
-    add("--ndf", "size of the feature maps in the discriminator", type=_positive_int)
+    add("--nz", "size of the latent vector z", type=positive_int)
+    add("--ngf", "size of the feature maps in the generator", type=positive_int)
+    add("--ndf", "size of the feature maps in the discriminator", type=positive_int)
     add("--workers", "DataLoader worker processes (0: load in the main process)", type=_workers)
     add("--seed", "random seed", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
@@ -140,17 +140,26 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
         p.add_argument("--amp", action="store_true", help="forward passes in bfloat16 (autocast) "
                        "on CUDA and on CPUs with native bfloat16; the losses stay in float32. "
                        "Faster, and the same results within rounding (docs/speed.md)")
-    add("--log-every", "iterations between log lines", type=_positive_int)
-    add("--sample-every", "iterations between fixed-noise snapshots", type=_positive_int)
-    p.add_argument("--max-steps", type=_positive_int, metavar="N",
+    add("--log-every", "iterations between log lines", type=positive_int)
+    add("--sample-every", "iterations between fixed-noise snapshots", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="stop after N training iterations in all, and save a checkpoint")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
-    p.add_argument("--generate", type=_positive_int, metavar="N",
+    p.add_argument("--generate", type=positive_int, metavar="N",
                    help=f"no training: N images from --checkpoint: up to {GRID_MAX} as one grid, "
                    "generated.png; more as one PNG each in generated/, written as they are made")
     p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint (or netG.pt) that "
                    "--generate samples from (default: <out>/checkpoint.pt)")
     return p
+
+
+def check_device(device):
+    """--device cuda or mps where there is none: a clear message, not torch's traceback."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch sees no CUDA GPU "
+                        f"(torch {torch.__version__}); use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
 
 
 def get_args(parser, argv, script):
@@ -160,11 +169,7 @@ def get_args(parser, argv, script):
     args = parser.parse_args(argv)
     if args.resume and args.generate:
         parser.error("--resume trains, --generate samples: use one of them")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: this torch sees no CUDA GPU "
-                        f"(torch {torch.__version__}); use --device cpu or auto")
-    if args.device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
+    check_device(args.device)
     ckpt = None
     if args.generate:
         args.checkpoint = args.checkpoint or os.path.join(

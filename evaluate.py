@@ -7,7 +7,7 @@
     python evaluate.py --train --dataset fashion-mnist            # (re)train the classifier
 
 For MNIST and Fashion-MNIST the numbers live in the feature space of a small classifier of the
-dataset, trained here once (a few minutes on a CPU) and kept beside the data with the mean and
+dataset, trained here once (about a minute on 2 CPU cores) and kept beside the data with the mean and
 covariance of its features on the test split:
   FID      the Fréchet distance between the samples' features and the test split's; beside it
            the floor, the same distance for as many real training images, sized the same way
@@ -42,7 +42,7 @@ parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("path", nargs="?", help="a checkpoint.pt of one of the scripts, a PNG grid, "
                     "or a folder of PNGs (one image each, as --generate writes them)")
-parser.add_argument("--n", type=common._positive_int, default=10000,
+parser.add_argument("--n", type=common.positive_int, default=10000,
                     help="samples to draw from a checkpoint (default: 10000)")
 parser.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10", "celeba", "folder", "fake"],
                     help="the data the images imitate (default: the checkpoint's; mnist for PNGs)")
@@ -52,7 +52,7 @@ parser.add_argument("--classifier", metavar="PATH", help="the classifier's file 
                     "<dataroot>/MNIST/classifier.pt, or FashionMNIST/...)")
 parser.add_argument("--train", action="store_true", help="train the classifier again, even if "
                     "there is one (it is trained on first use anyway)")
-parser.add_argument("--image-size", type=common._positive_int, metavar="N",
+parser.add_argument("--image-size", type=common.positive_int, metavar="N",
                     help="a PNG grid's image size (default: found from the grid: 28, 32 or 64)")
 parser.add_argument("--seed", type=int, help="which samples (default: the run's seed)")
 parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
@@ -174,7 +174,7 @@ def train_classifier(dataset, dataroot, path, device):
     """Train on the training split, measure on the test split, keep the test split's feature
     statistics (never the training split's: a G that memorised it gains nothing), save."""
     start = time.perf_counter()
-    print(f"Training the classifier of {dataset} on its training split, once (a few minutes on a CPU)")
+    print(f"Training the classifier of {dataset} on its training split, once (about a minute on 2 CPU cores)")
     images, labels, classes = load_images(dataset, dataroot)
     torch.manual_seed(0)
     net = Classifier(len(classes)).to(device)
@@ -314,6 +314,7 @@ def main(argv=None):
         parser.error("give a checkpoint, a PNG grid or a folder of PNGs to score (or --train)")
     if args.path and not args.path.endswith(".pt") and not os.path.exists(args.path):
         raise common.UserError(f"{args.path}: no such file or folder")
+    common.check_device(args.device)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
     start, run, asked = time.perf_counter(), None, None
