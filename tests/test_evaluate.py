@@ -191,6 +191,15 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
     msg = user_error(evaluate.main, [ckpt, "--dataroot", str(data), "--classifier", str(tmp_path / "mnist.pt")])
     assert "is the classifier of mnist, and these images are fake" in msg
     assert "give a checkpoint, a PNG grid or a folder of PNGs" in usage_error(evaluate.main, [], capsys)
+    assert user_error(evaluate.main, [str(tmp_path / "nothing.png")]).endswith("nothing.png: no such file or folder")
+    (tmp_path / "text.png").write_text("not an image")
+    assert "cannot read " + str(tmp_path / "text.png") + " as an image" in user_error(
+        evaluate.main, [str(tmp_path / "text.png"), "--dataroot", str(data), "--dataset", "fake"])
+    make_images(str(tmp_path / "odd"), 1, size=(100, 50), ext="png")  # not a grid of 28, 32 or 64
+    assert "cannot tell the images apart in the 100x50 grid" in user_error(
+        evaluate.main, [str(tmp_path / "odd" / "0000.png"), "--dataroot", str(data), "--dataset", "fake"])
+    if not torch.cuda.is_available():
+        assert "--device cuda: this torch sees no CUDA GPU" in user_error(evaluate.main, [ckpt, "--device", "cuda"])
 
 
 def test_a_stale_classifier_is_trained_again(data, ckpt01, tmp_path, capsys):
