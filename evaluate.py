@@ -7,8 +7,8 @@
     python evaluate.py --train --dataset fashion-mnist            # (re)train the classifier
 
 For MNIST and Fashion-MNIST the numbers live in the feature space of a small classifier of the
-dataset, trained here once (about a minute on 2 CPU cores) and kept beside the data with the mean and
-covariance of its features on the test split:
+dataset, trained here once (about a minute on 2 CPU cores) and kept beside the data with the
+mean and covariance of its features on the test split:
   FID      the Fréchet distance between the samples' features and the test split's; beside it
            the floor, the same distance for as many real training images, sized the same way
   score    the Inception Score, from the same classifier: 1 (one class) to 10 (all, sharply)
@@ -67,10 +67,15 @@ class Classifier(nn.Module):
     def __init__(self, classes=10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 14 x 14
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 7 x 7
+            # input is 1 x 28 x 28
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            # state size. 16 x 14 x 14
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            # state size. 32 x 7 x 7
             nn.Flatten(), nn.Dropout(0.25),
-            nn.Linear(32 * 7 * 7, 128), nn.ReLU())                                            # the 128 features
+            nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
+            # state size. 128: the features
+        )
         self.head = nn.Linear(128, classes)
         self.size, self.nc = SIZE, 1
 
@@ -174,7 +179,8 @@ def train_classifier(dataset, dataroot, path, device):
     """Train on the training split, measure on the test split, keep the test split's feature
     statistics (never the training split's: a G that memorised it gains nothing), save."""
     start = time.perf_counter()
-    print(f"Training the classifier of {dataset} on its training split, once (about a minute on 2 CPU cores)")
+    print(f"Training the classifier of {dataset} on its training split, once (about a minute on 2 "
+          "CPU cores)")
     images, labels, classes = load_images(dataset, dataroot)
     torch.manual_seed(0)
     net = Classifier(len(classes)).to(device)
@@ -264,14 +270,14 @@ def from_checkpoint(path, n, seed, device):
     settings, and for 03_cgan.py the class each sample was asked for."""
     script = common.load_checkpoint(path, None, allow_state_dict=True).get("script")
     if script is None:
-        raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py "
-                               "needs the run's checkpoint.pt, which says which script and settings made it")
+        raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py needs "
+                               "the run's checkpoint.pt, which says which script and settings made it")
     module = importlib.import_module(script)
     argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
     args, ckpt = common.get_args(module.parser, argv, script)
     out = module.samples(args, ckpt, device)
     batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-    return batches, args, asked, f"{args.generate} samples of {path} ({script}, {args.dataset}, seed {args.seed})"
+    return batches, args, asked, f"{n} samples of {path} ({script}, {args.dataset}, seed {args.seed})"
 
 
 def from_pngs(path, nc, image_size):
@@ -333,46 +339,48 @@ def main(argv=None):
     if not args.path:
         return 0
     if run is None:
-        batches = from_pngs(args.path, 1 if dataset in ("mnist", "fashion-mnist") else 3, args.image_size)
+        batches = from_pngs(args.path, net.nc if ref else 3, args.image_size)
         what = f"{len(batches)} images of {args.path}"
         batches = batches.split(500)
     print(f"Scoring {what}", flush=True)
     feats, probs, size = embed(net, batches, device)
     n = len(feats)
     if size != net.size:
-        print(f"(resized from {size}x{size} to {net.size}x{net.size} for the network, as are the real images)")
+        print(f"(resized from {size}x{size} to {net.size}x{net.size} for the network, as are the "
+              "real images)")
 
     # the real images as the script's transform made them (sized like the samples), then fit for
     # the network the same way
     real, _, _ = load_images(dataset, dataroot, n=n, size=size, nc=1 if ref else 3)
     real_feats, _, _ = embed(net, real.split(500), device)
-    result = {"fid": None, "fid_floor": None, "score": inception_score(probs), "coverage": None,
-              "class_hist": None, "n": n}
-    if ref is not None:  # the test split's statistics; the floor: n real training images
-        classes = ref["classes"]
-        result["fid"] = frechet(*statistics(feats), ref["mu"].double(), ref["sigma"].double())
-        result["fid_floor"] = frechet(*statistics(real_feats), ref["mu"].double(), ref["sigma"].double())
+    fake_stats, real_stats = statistics(feats), statistics(real_feats)
+    r = {"fid": None, "fid_floor": None, "score": inception_score(probs), "coverage": None,
+         "class_hist": None, "n": n}
+    if ref is None:  # Inception: against the real images themselves; no floor, no classes
+        r["fid"] = frechet(*fake_stats, *real_stats)
+        print(f"FID: {r['fid']:.2f} (against {len(real)} real training images, in Inception-v3's features)")
+        print(f"Score: {r['score']:.2f} (Inception Score, over ImageNet's 1000 classes)")
+    else:  # against the test split's statistics; the floor: the real training images'
+        test_stats, classes = (ref["mu"].double(), ref["sigma"].double()), ref["classes"]
+        r["fid"], r["fid_floor"] = frechet(*fake_stats, *test_stats), frechet(*real_stats, *test_stats)
         hist = class_histogram(probs, classes)
-        result["coverage"], result["class_hist"] = coverage(hist), dict(zip(classes, hist))
-        print(f"FID: {result['fid']:.2f} (floor {result['fid_floor']:.2f}: {len(real)} real training images, "
+        r["coverage"], r["class_hist"] = coverage(hist), dict(zip(classes, hist))
+        print(f"FID: {r['fid']:.2f} (floor {r['fid_floor']:.2f}: {len(real)} real training images, "
               "sized the same way, against the same test-split statistics)")
-        print(f"Score: {result['score']:.2f} (1 to {len(classes)})")
+        print(f"Score: {r['score']:.2f} (1 to {len(classes)})")
         least, most = hist.index(min(hist)), hist.index(max(hist))
-        print(f"Coverage: {result['coverage']:.0%}, the classes drawn at least half as often as an "
-              f"even spread would ({1 / (2 * len(hist)):.1%} of the samples); least drawn "
-              f"{classes[least]} ({hist[least] / n:.1%}), most drawn {classes[most]} ({hist[most] / n:.1%})")
+        print(f"Coverage: {r['coverage']:.0%}, the classes drawn at least half as often as an even "
+              f"spread would ({1 / (2 * len(hist)):.1%} of the samples); least drawn "
+              f"{classes[least]} ({hist[least] / n:.1%}), most {classes[most]} ({hist[most] / n:.1%})")
         print("Classes: " + ", ".join(f"{c}: {k}" for c, k in zip(classes, hist)))
         if asked is not None:
-            result["cond_accuracy"], result["cond_accuracy_per_class"] = conditional_accuracy(probs, asked, classes)
-            print(f"Conditional accuracy: {result['cond_accuracy']:.2%} of the samples read as the "
-                  "class asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in result["cond_accuracy_per_class"].items()) + ")")
-    else:  # Inception: against as many real training images; no floor, no classes of its own
-        result["fid"] = frechet(*statistics(feats), *statistics(real_feats))
-        print(f"FID: {result['fid']:.2f} (against {len(real)} real training images, in Inception-v3's features)")
-        print(f"Score: {result['score']:.2f} (Inception Score, over ImageNet's 1000 classes)")
+            r["cond_accuracy"], per_class = conditional_accuracy(probs, asked, classes)
+            r["cond_accuracy_per_class"] = per_class
+            print(f"Conditional accuracy: {r['cond_accuracy']:.2%} of the samples read as the class "
+                  "asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in per_class.items()) + ")")
     print(f"({time.perf_counter() - start:.0f} s on {device.type})")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(r))
     return 0
 
 
