@@ -812,7 +812,8 @@ GRID_MAX = 1024  # --generate: up to this many images, one grid; more, one PNG e
 def save_generated(out, n, batches, nrow=None):
     """--generate's n images, from `batches` (tensors in [-1, 1]): up to GRID_MAX, one grid in
     generated.png; more, each image its own PNG in generated/, written as it comes, so memory
-    holds one batch at a time at any n. Returns where they went."""
+    holds one batch at a time at any n; a larger earlier run's images past n are removed (so the
+    folder is these n, for evaluate.py too). Returns where they went."""
     make_folder(out)
     if n <= GRID_MAX:
         path = os.path.join(out, "generated.png")
@@ -825,6 +826,9 @@ def save_generated(out, n, batches, nrow=None):
         for image in fake:
             save_grid(image, os.path.join(folder, f"{k:07d}.png"))
             k += 1
+    for path in glob.glob(os.path.join(folder, "[0-9]" * 7 + ".png")):
+        if int(os.path.basename(path)[:7]) >= n:
+            os.remove(path)
     return folder + "/"
 
 

@@ -266,6 +266,10 @@ def test_generate_many_writes_one_png_each_a_batch_at_a_time(tmp_path, monkeypat
     assert files == [f"{k:07d}.png" for k in range(600)] and png_size(out / "generated" / files[0]) == (64, 64)
     assert sizes == [256, 256, 88]
     assert not (out / "generated.png").exists()
+    # fewer the next time: the folder holds those alone (a file of the user's stays)
+    (out / "generated" / "mine.png").write_bytes(b"")
+    assert dcgan.main(["--generate", "301", "--checkpoint", str(out / "checkpoint.pt")]) == 0
+    assert sorted(os.listdir(out / "generated")) == [f"{k:07d}.png" for k in range(301)] + ["mine.png"]
 
 
 def test_generate_needs_no_training_data(tmp_path):
