@@ -39,8 +39,7 @@ parser = common.make_parser(
 parser.add_argument("--image-size", type=int, default=32, choices=[32],
                     help="fixed at 32 by the architecture (default: 32)")
 parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
-                    help="with --generate N: the classes to draw, one row each, N split "
-                         "evenly over them (default: all classes)")
+                    help="with --generate N: the classes to draw, N/len(L) each (default: all)")
 
 
 def channels(dataset):
@@ -293,9 +292,7 @@ def main(argv=None):
                       "Generator and Discriminator Loss During Training")
 
 
-# --generate N [--labels L,...]: N new samples in all, one row per requested class (default:
-# every class), from the generator of a checkpoint (or of a netG.pt, whose sizes come from the
-# flags; its number of classes from its weights)
+# --generate N [--labels L,...]: N samples of a checkpoint's G, a row per class (default: all)
 def generate(args, ckpt, device):
     batches, asked, classes = samples(args, ckpt, device)
     labels = asked.unique_consecutive().tolist()  # the classes asked for, in their order
@@ -305,13 +302,12 @@ def generate(args, ckpt, device):
     return 0
 
 
-# The images of --generate (and of evaluate.py), the class asked for each, and the classes' names
-def samples(args, ckpt, device):
+def samples(args, ckpt, device):  # evaluate.py's too: 256 at a time, and the class asked of each
     if "deconv1_2.weight" not in ckpt["netG"]:
         raise common.UserError(f"{args.checkpoint} does not hold a generator of 03_cgan.py")
     num_classes = ckpt["netG"]["deconv1_2.weight"].shape[0]
     classes = ckpt.get("classes") or [str(c) for c in range(num_classes)]
-    labels = args.labels if args.labels else list(range(num_classes))
+    labels = args.labels or list(range(num_classes))
     bad = [y for y in labels if not 0 <= y < num_classes]
     if bad:
         names = ", ".join(f"{c}: {name}" for c, name in enumerate(classes))
@@ -325,12 +321,9 @@ def samples(args, ckpt, device):
     common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
     onehot, _ = label_tables(num_classes, args.image_size, device)
     torch.manual_seed(args.seed)
-    # image k is of class asked[k]: per_class of each label in turn. In batches of 256, one
-    # batch in memory at any N
     asked = torch.tensor(labels).repeat_interleave(per_class)
-    batches = (sample(netG, torch.randn(len(y), args.nz, 1, 1, device=device), onehot[y.to(device)])
-               for y in asked.split(256))
-    return batches, asked, classes
+    return (sample(netG, torch.randn(len(y), args.nz, 1, 1, device=device), onehot[y.to(device)])
+            for y in asked.split(256)), asked, classes
 
 
 if __name__ == "__main__":
