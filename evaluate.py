@@ -265,9 +265,9 @@ def inception_net(device):
 
 
 # --- What is scored -----------------------------------------------------------------------------
-def from_checkpoint(path, n, seed, device):
-    """n samples of a checkpoint's G, drawn by its script's own sampling; and the run's
-    settings, and for 03_cgan.py the class each sample was asked for."""
+def open_checkpoint(path, n, seed):
+    """The script that wrote a checkpoint, the run's settings as that script reads them for
+    --generate n, and the checkpoint."""
     script = common.load_checkpoint(path, None, allow_state_dict=True).get("script")
     if script is None:
         raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py needs "
@@ -275,9 +275,7 @@ def from_checkpoint(path, n, seed, device):
     module = importlib.import_module(script)
     argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
     args, ckpt = common.get_args(module.parser, argv, script)
-    out = module.samples(args, ckpt, device)
-    batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-    return batches, args, asked, f"{n} samples of {path} ({script}, {args.dataset}, seed {args.seed})"
+    return module, args, ckpt
 
 
 def from_pngs(path, nc, image_size):
@@ -325,7 +323,7 @@ def main(argv=None):
                           else "mps" if torch.backends.mps.is_available() else "cpu")
     start, run, asked = time.perf_counter(), None, None
     if args.path and args.path.endswith(".pt"):
-        batches, run, asked, what = from_checkpoint(args.path, args.n, args.seed, device)
+        module, run, ckpt = open_checkpoint(args.path, args.n, args.seed)
     dataset = args.dataset or (run.dataset if run else "mnist")
     dataroot = args.dataroot or (run.dataroot if run else "data")
     if dataset in OWN:
@@ -338,7 +336,11 @@ def main(argv=None):
         net, ref = inception_net(device), None
     if not args.path:
         return 0
-    if run is None:
+    if run is not None:  # drawn after the classifier is ready: its making uses the random generator
+        out = module.samples(run, ckpt, device)  # the script's own: --generate's images
+        batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+        what = f"{args.n} samples of {args.path} ({module.SCRIPT}, {run.dataset}, seed {run.seed})"
+    else:
         batches = from_pngs(args.path, net.nc if ref else 3, args.image_size)
         what = f"{len(batches)} images of {args.path}"
         batches = batches.split(500)

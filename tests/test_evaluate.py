@@ -113,6 +113,22 @@ def test_a_checkpoint_end_to_end(data, ckpt01, capsys):
     assert other["fid"] != result["fid"]
 
 
+def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt01, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The first evaluate.py trains the classifier, which draws from the random generator: the
+    samples must be drawn after it, so that they are --generate's and the numbers repeat."""
+    first, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
+    assert "Training the classifier" in text
+    again, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
+    assert "Training the classifier" not in text and again == first
+    seen = []
+    monkeypatch.setattr(evaluate, "embed", lambda net, batches, device: seen.append(torch.cat(list(batches))))
+    with pytest.raises(TypeError):  # stop after the samples
+        evaluate.main([ckpt01, "--n", "30", "--dataroot", str(tmp_path)])
+    args, ck = common.get_args(mlp.parser, ["--generate", "30", "--checkpoint", ckpt01], "01_mlp_gan")
+    assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device("cpu")))))
+
+
 def test_the_conditional_gan_is_asked_for_each_class_in_turn(data, tmp_path, capsys):
     ckpt = tiny_run(cgan.main, tmp_path / "r", data, "--ngf", "8", "--ndf", "8")
     result, text = scores([ckpt, "--n", "40"], capsys)
