@@ -181,7 +181,10 @@ def train_classifier(dataset, dataroot, path, device):
     start = time.perf_counter()
     print(f"Training the classifier of {dataset} on its training split, once (about a minute on 2 "
           "CPU cores)")
-    images, labels, classes = load_images(dataset, dataroot)
+    try:
+        images, labels, classes = load_images(dataset, dataroot)
+    except common.UserError as e:
+        raise common.UserError(f"no classifier at {path}, and no data to train one: {e}") from None
     torch.manual_seed(0)
     net = Classifier(len(classes)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -227,10 +230,7 @@ def load_classifier(dataset, dataroot, path, device, retrain):
             print(f"{path} is from another version of evaluate.py: training it again")
             ckpt = None
     if ckpt is None:
-        try:
-            train_classifier(dataset, dataroot, path, device)
-        except common.UserError as e:
-            raise common.UserError(f"no classifier at {path}, and no data to train one: {e}") from None
+        train_classifier(dataset, dataroot, path, device)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     net = Classifier(len(ckpt["classes"]))
     net.load_state_dict(ckpt["net"])
