@@ -272,6 +272,8 @@ def open_checkpoint(path, n, seed):
     if script is None:
         raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py needs "
                                "the run's checkpoint.pt, which says which script and settings made it")
+    if script not in ("01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp"):
+        raise common.UserError(f"{path} was written by {script}.py, which evaluate.py does not know")
     module = importlib.import_module(script)
     argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
     args, ckpt = common.get_args(module.parser, argv, script)
