@@ -184,6 +184,9 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
     assert user_error(evaluate.main, [str(tmp_path / "none.pt")]).startswith(
         f"error: no checkpoint at {tmp_path / 'none.pt'}")
     ckpt = ckpt01
+    torch.save({**torch.load(ckpt, weights_only=True), "script": "05_mine"}, tmp_path / "other.pt")
+    assert user_error(evaluate.main, [str(tmp_path / "other.pt")]).endswith(
+        "was written by 05_mine.py, which evaluate.py does not know")
     msg = user_error(evaluate.main, [os.path.join(os.path.dirname(ckpt), "netG.pt")])
     assert "a generator's weights alone" in msg and "checkpoint.pt" in msg
     # no classifier, and no data to train one (offline)
