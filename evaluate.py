@@ -185,6 +185,7 @@ def train_classifier(dataset, dataroot, path, device):
         images, labels, classes = load_images(dataset, dataroot)
     except common.UserError as e:
         raise common.UserError(f"no classifier at {path}, and no data to train one: {e}") from None
+    images, labels = images.to(device), labels.to(device)  # once, not a copy per batch
     torch.manual_seed(0)
     net = Classifier(len(classes)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -195,7 +196,7 @@ def train_classifier(dataset, dataroot, path, device):
         net.train()
         for idx in torch.randperm(len(images)).split(128):
             optimizer.zero_grad()
-            F.cross_entropy(net(images[idx].to(device)), labels[idx].to(device)).backward()
+            F.cross_entropy(net(images[idx]), labels[idx]).backward()
             optimizer.step()
             schedule.step()
         print(f"  epoch {epoch + 1}/{epochs}, {time.perf_counter() - start:.0f} s", flush=True)

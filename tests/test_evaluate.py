@@ -35,12 +35,10 @@ def trained(tmp_path_factory):
     """A dataroot with the classifier of --dataset fake in it, trained once for the module, and
     a tiny run of 01 on that data."""
     root = tmp_path_factory.mktemp("data")
-    common.FAKE_SIZE = 32  # (small_fake_data's, for this module-wide fixture)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "FAKE_SIZE", 32)  # (small_fake_data's, for this module-wide fixture)
         assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(root)]) == 0
         ckpt = tiny_run(mlp.main, root / "r", root)
-    finally:
-        common.FAKE_SIZE = 1000
     return root, ckpt
 
 
@@ -122,8 +120,15 @@ def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt0
     again, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
     assert "Training the classifier" not in text and again == first
     seen = []
-    monkeypatch.setattr(evaluate, "embed", lambda net, batches, device: seen.append(torch.cat(list(batches))))
-    with pytest.raises(TypeError):  # stop after the samples
+
+    class Seen(Exception):
+        pass
+
+    def keep_samples(net, batches, device):  # and stop there
+        seen.append(torch.cat(list(batches)))
+        raise Seen
+    monkeypatch.setattr(evaluate, "embed", keep_samples)
+    with pytest.raises(Seen):
         evaluate.main([ckpt01, "--n", "30", "--dataroot", str(tmp_path)])
     args, ck = common.get_args(mlp.parser, ["--generate", "30", "--checkpoint", ckpt01], "01_mlp_gan")
     assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device("cpu")))))
