@@ -1,10 +1,10 @@
 """One torchrun process of tests/test_ddp.py: scripts' main() with each rank's outputs kept apart.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py \
-        DUMP '[["name", "02_dcgan", [flags...]], ...]'
+        DUMP '[["name", "02_dcgan", [flags...], fake_size], ...]'
 
-The jobs run one after the other in the same processes (one start-up of torch for all). Job
-NAME runs in DUMP/NAME/rank<r>/, so a relative --out lands there and the test sees which process
+The jobs run one after the other in the same processes (one start-up of torch for all), each
+with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a relative --out lands there and the test sees which process
 wrote what; after its main() returns, the parameters of the models the script wrapped go to
 DUMP/NAME/rank<r>.pt, so the test can compare the processes' copies.
 """
@@ -23,14 +23,13 @@ import common  # noqa: E402
 
 dump, jobs = sys.argv[1], json.loads(sys.argv[2])
 rank = int(os.environ["RANK"])
-common.FAKE_SIZE = int(os.environ.get("FAKE_SIZE", common.FAKE_SIZE))
 torch.set_num_threads(1)  # two processes on a 2-core machine
 
 wrapped = []
 parallel = common.Run.parallel
 common.Run.parallel = lambda self, model: wrapped.append(parallel(self, model)) or wrapped[-1]
 
-for name, script, argv in jobs:
+for name, script, argv, common.FAKE_SIZE in jobs:
     wrapped.clear()
     here = os.path.join(dump, name, f"rank{rank}")
     os.makedirs(here, exist_ok=True)

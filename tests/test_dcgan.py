@@ -70,12 +70,14 @@ def test_a_run_writes_every_output(tmp_path, capsys):
         assert torch.equal(v, ckpt["netG"][k])
 
 
+@pytest.mark.plots
 def test_loss_plot(tmp_path):
     pytest.importorskip("matplotlib")
     out = train(tmp_path / "run", "--max-steps", 3)
     assert png_size(out / "losses.png") == (1000, 500)  # the chapter's figsize=(10, 5) at 100 dpi
 
 
+@pytest.mark.plots
 def test_without_matplotlib_the_run_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     out = train(tmp_path / "run", "--max-steps", 3)

@@ -6,7 +6,6 @@ on what the processes really did.
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -33,26 +32,28 @@ def torchrun_cmd(dump, jobs):
             os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
 
 
-ENV = dict(os.environ, FAKE_SIZE="32", OMP_NUM_THREADS="1")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+CTRL_C = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf", "8"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One torchrun start for all the jobs (starting torch twice is most of the time): the four
-    scripts from scratch, and 02 resuming a checkpoint that one process wrote."""
+    """One torchrun start for all the jobs (starting torch is most of the time): the four
+    scripts from scratch, 02 resuming a checkpoint that one process wrote, and last a run of
+    1000 images, long enough to press Ctrl-C while it trains."""
     dump = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(common, "FAKE_SIZE", 32)
         one = dump / "one"
         assert load_script("02_dcgan").main([*FLAGS[:-4], *SCRIPTS["02_dcgan"], "--max-steps", "2",
                                              "--out", str(one)]) == 0
-    jobs = [[script, script, [*FLAGS, *flags]] for script, flags in SCRIPTS.items()]
+    jobs = [[script, script, [*FLAGS, *flags], 32] for script, flags in SCRIPTS.items()]
     jobs.append(["resume", "02_dcgan", ["--resume", str(one / "checkpoint.pt"), "--device", "cpu",
-                                        "--max-steps", "4"]])
-    r = subprocess.run(torchrun_cmd(dump, jobs), cwd=ROOT, env=ENV, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return dump, r.stdout
+                                        "--max-steps", "4"], 32])
+    jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 1000])
+    _, stdout, stderr = ctrl_c(torchrun_cmd(dump, jobs), ENV)
+    assert "Go on with" in stdout, stdout + stderr
+    return dump, stdout
 
 
 def ranks_of(dump, job):
@@ -78,7 +79,7 @@ def test_two_processes_train_one_model(runs, script):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
-    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 1  # once per job, not twice
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 2  # once per job, not twice
     assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
@@ -100,18 +101,15 @@ def test_checkpoints_move_between_one_and_two_processes(runs):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
-def test_ctrl_c_stops_both_processes_at_the_same_iteration(tmp_path):
+def test_ctrl_c_stops_both_processes_at_the_same_iteration(runs):
     """Ctrl-C reaches torchrun, which passes it on to each process: they agree on where to stop
     (neither waits for the other forever), and rank 0 saves."""
-    flags = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf", "8"]
-    env = {k: v for k, v in ENV.items() if k != "FAKE_SIZE"}  # 1000 images: time to press Ctrl-C
-    _, stdout, stderr = ctrl_c(torchrun_cmd(tmp_path, [["job", "02_dcgan", flags]]), env)
-    assert "Go on with" in stdout, stdout + stderr
-    ranks = ranks_of(tmp_path, "job")
+    dump, _ = runs
+    ranks = ranks_of(dump, "ctrl_c")
     assert [r["status"] for r in ranks] == [130, 130]
-    ckpt = load(tmp_path / "job" / "rank0" / "run" / "checkpoint.pt")
+    ckpt = load(dump / "ctrl_c" / "rank0" / "run" / "checkpoint.pt")
     assert ckpt["iters"] >= 3
-    assert len(read_csv(tmp_path / "job" / "rank0" / "run" / "losses.csv")) == ckpt["iters"]
+    assert len(read_csv(dump / "ctrl_c" / "rank0" / "run" / "losses.csv")) == ckpt["iters"]
     for name, value in ranks[1]["params"][0].items():
         assert torch.equal(value, ranks[0]["params"][0][name])
 
