@@ -217,11 +217,10 @@ def main(argv=None):
             D_G_z2 = torch.sigmoid(output).mean().detach()
             optimizerG.step()
 
-            # .item() here is the loop's one wait for the GPU, once a log line
-            if i % args.log_every == 0:
+            if i % args.log_every == 0:  # .item() below: the loop's one wait for the GPU
                 print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
                       % (epoch, num_epochs, i, iterations,
-                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
+                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed())
             run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
             # G's progress on fixed_noise, every sample_every iterations and at the end

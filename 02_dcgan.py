@@ -52,8 +52,7 @@ parser.add_argument("--image-size", type=int, default=64, choices=[64],
 
 
 def channels(dataset):
-    # nc: 3 for colour, 1 for the grey digits of §12.4.6
-    return 1 if dataset in ("mnist", "fashion-mnist") else 3
+    return 1 if dataset in ("mnist", "fashion-mnist") else 3  # nc: grey digits 1, colour 3
 
 
 # §12.4.1 Prepare data: the CelebA transform for every dataset. Normalize maps [0, 1] to
@@ -266,11 +265,10 @@ def main(argv=None):
             D_G_z2 = output.mean().detach()
             optimizerG.step()
 
-            # .item() here is the loop's one wait for the GPU, once a log line
-            if i % args.log_every == 0:
+            if i % args.log_every == 0:  # .item() below: the loop's one wait for the GPU
                 print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
                       % (epoch, num_epochs, i, len(dataloader),
-                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
+                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed())
             run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
             # G's progress on fixed_noise, every sample_every iterations and at the end

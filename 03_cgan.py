@@ -43,8 +43,7 @@ parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
 
 
 def channels(dataset):
-    # nc: 1 for MNIST and Fashion-MNIST, 3 for colour
-    return 1 if dataset in ("mnist", "fashion-mnist") else 3
+    return 1 if dataset in ("mnist", "fashion-mnist") else 3  # nc: grey digits 1, colour 3
 
 
 # §12.5.2 Create the dataset: Normalize maps [0, 1] to [-1, 1], the range of G's Tanh. The
@@ -231,12 +230,12 @@ def main(argv=None):
             netD.zero_grad()
             # channels_last like the models; non_blocking: from pinned memory, no wait for the GPU
             real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
-            b_size = real_cpu.size(0)
+            b_size = real_cpu.size(0)  # (the chapter's next line, label = ..., is never used)
             if b_size != batch_size:  # the epoch's last batch
                 y_real_ = torch.ones(b_size)
                 y_fake_ = torch.zeros(b_size)
                 y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
-            y_fill_ = fill[data[1].to(device, non_blocking=True)]  # each image's own label maps
+            y_fill_ = fill[data[1].to(device, non_blocking=True)]  # fill is on the device
             output = netD(real_cpu, y_fill_).view(-1)
             errD_real = criterion(output, y_real_)  # -log D(x|y)
             errD_real.backward()
@@ -273,15 +272,16 @@ def main(argv=None):
             D_G_z2 = output.mean().detach()
             optimizerG.step()
 
-            # .item() here is the loop's one wait for the GPU, once a log line
-            if i % args.log_every == 0:
-                print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): %.4f\tD(G(z)): %.4f / %.4f'
+            if i % args.log_every == 0:  # .item() below: the loop's one wait for the GPU
+                print('[%d/%d][%d/%d]\tLoss_D: %.4f\tLoss_G: %.4f\tD(x): '
+                      '%.4f\tD(G(z)): %.4f / %.4f'
                       % (epoch, num_epochs, i, len(dataloader),
-                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed(), flush=True)
+                         errD.item(), errG.item(), D_x, D_G_z1, D_G_z2), run.speed())
             run.append(Loss_D=errD, Loss_G=errG, D_x=D_x, D_G_z1=D_G_z1, D_G_z2=D_G_z2)
 
             # G's progress on the fixed inputs, every sample_every iterations and at the end
-            if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i == len(dataloader)-1)):
+            if (iters % args.sample_every == 0) or ((epoch == num_epochs-1) and (i ==
+                    len(dataloader)-1)):
                 run.snapshot(sample(netG, fixed_z_, fixed_y_label_), iters)
 
             iters += 1

@@ -64,8 +64,7 @@ NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "fake": 28, "cifar10": 32, "cel
 
 
 def channels(dataset):
-    # Number of channels in the training images: 1 for MNIST and Fashion-MNIST, 3 for colour
-    return 1 if dataset in ("mnist", "fashion-mnist") else 3
+    return 1 if dataset in ("mnist", "fashion-mnist") else 3  # nc: grey digits 1, colour 3
 
 
 # Data: resize and crop to image_size, scale [0, 1] to [-1, 1], the range of G's Tanh
@@ -289,11 +288,10 @@ def main(argv=None):
             errG.backward()
             optimizerG.step()
 
-            # .item() here is the loop's one wait for the GPU, once a log line
-            if i % args.log_every == 0:
+            if i % args.log_every == 0:  # .item() below: the loop's one wait for the GPU
                 print('[%d/%d][%d/%d]\tLoss_C: %.4f\tLoss_G: %.4f\tW: %.4f\tGP: %.4f'
                       % (epoch, num_epochs, i, iterations,
-                         errD.item(), errG.item(), W, gp.item()), run.speed(), flush=True)
+                         errD.item(), errG.item(), W, gp.item()), run.speed())
             run.append(Loss_C=errD, Loss_G=errG, W=W, GP=gp)
 
             # G's progress on fixed_noise, every sample_every iterations and at the end

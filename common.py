@@ -436,6 +436,8 @@ class Run:
         self._state, self._silent = {}, 0  # _silent: log lines in a row where no gradient flowed
         self._lock = _prepare_out(self.out, args.resume, self.iters if ckpt else None)
         _RUN = self
+        if hasattr(sys.stdout, "reconfigure"):  # each log line shows at once, in a pipe or a file too
+            sys.stdout.reconfigure(line_buffering=True)
         print(f"Device: {self.device}")
 
     def dataloader(self, dataset, batch_size, num_workers, drop_last=False):
