@@ -40,3 +40,5 @@ for name, script, argv, common.FAKE_SIZE in jobs:
                            for m in wrapped]},
                os.path.join(dump, name, f"rank{rank}.pt"))
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # everything is written: skip the interpreter's 1 s of tearing torch down
