@@ -159,10 +159,10 @@ def ctrl_c(cmd, env=None):
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     before = []
-    for line in p.stdout:  # wait until training runs
+    for line in p.stdout:  # wait until training runs (if it never does, the caller sees why)
         before.append(line)
         if line.startswith("[0/5][2/"):
+            os.killpg(p.pid, signal.SIGINT)
             break
-    os.killpg(p.pid, signal.SIGINT)
     stdout, stderr = p.communicate(timeout=120)
     return p.returncode, "".join(before) + stdout, stderr
