@@ -4,9 +4,10 @@
         DUMP '[["name", "02_dcgan", [flags...], fake_size], ...]'
 
 The jobs run one after the other in the same processes (one start-up of torch for all), each
-with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a relative --out lands there and the test sees which process
-wrote what; after its main() returns, the parameters of the models the script wrapped go to
-DUMP/NAME/rank<r>.pt, so the test can compare the processes' copies.
+with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a relative --out
+lands there and the test sees which process wrote what; after its main() returns, the
+parameters of the models the script wrapped go to DUMP/NAME/rank<r>.pt, so the test can compare
+the processes' copies.
 """
 import importlib
 import json
