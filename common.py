@@ -542,8 +542,12 @@ class Run:
                 raise KeyboardInterrupt
             return
         self.interrupted = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"\n{self.interrupted}: finishing this iteration, "
-              "then saving a checkpoint (press Ctrl-C again to quit without saving)", flush=True)
+        # Straight to the terminal: the signal may have come in the middle of a print, and
+        # sys.stdout cannot be entered again from inside its own write
+        if _MAIN:
+            with contextlib.suppress(OSError):
+                os.write(2, f"\n{self.interrupted}: finishing this iteration, then saving a checkpoint "
+                         "(press Ctrl-C again to quit without saving)\n".encode())
 
     def release(self):
         """The signal handlers back, and the run folder's lock."""
