@@ -194,7 +194,7 @@ def train_classifier(dataset, dataroot, path, device):
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * steps)
     for epoch in range(epochs):
         net.train()
-        for idx in torch.randperm(len(images)).split(128):
+        for idx in torch.randperm(len(images), device=device).split(128):  # no index copy a batch
             optimizer.zero_grad()
             F.cross_entropy(net(images[idx]), labels[idx]).backward()
             optimizer.step()
