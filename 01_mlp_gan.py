@@ -179,8 +179,8 @@ def main(argv=None):
 
             # (part 1: update the discriminator) for k steps do
             for _ in range(k):
-                # a minibatch of m examples; non_blocking: from pinned memory, no wait
-                x = next(minibatches)[0].to(device, non_blocking=True)
+                # a minibatch of m examples; non_blocking where it is pinned (CUDA): no wait
+                x = next(minibatches)[0].to(device, non_blocking=run.pinned)
                 m = x.size(0)
                 # a minibatch of m noise samples from the prior p(z)
                 z = torch.randn(m, nz, device=device)

@@ -232,8 +232,8 @@ def main(argv=None):
             ###########################
             netD.zero_grad()
             # channels_last like the models (else the first convolution converts it: 13 % of
-            # an --amp step here); non_blocking: from pinned memory, no wait for the GPU
-            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
+            # an --amp step here); non_blocking where it is pinned (CUDA): no wait for the GPU
+            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=run.pinned)
             b_size = real_cpu.size(0)
             label = torch.full((b_size,), real_label, dtype=torch.float, device=device)
             output = netD(real_cpu).view(-1)

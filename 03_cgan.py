@@ -219,8 +219,10 @@ def main(argv=None):
 
     print("Starting Training Loop...")
     for epoch in range(num_epochs):
-        y_real_ = torch.ones(batch_size)
-        y_fake_ = torch.zeros(batch_size)
+        # made on the device: a copy from the CPU would make the loop wait for the GPU (the .to
+        # that stands for the chapter's .cuda() then has nothing to do)
+        y_real_ = torch.ones(batch_size, device=device)
+        y_fake_ = torch.zeros(batch_size, device=device)
         y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
         # run.enumerate: the chapter's enumerate, which also resumes, saves and stops
         for i, data in run.enumerate(dataloader, epoch):
@@ -228,14 +230,14 @@ def main(argv=None):
             # (1) Update D network: maximize log(D(x|y)) + log(1 - D(G(z|y)|y))
             ###########################
             netD.zero_grad()
-            # channels_last like the models; non_blocking: from pinned memory, no wait for the GPU
-            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=True)
+            # channels_last like the models; non_blocking where pinned (CUDA): no wait for the GPU
+            real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=run.pinned)
             b_size = real_cpu.size(0)  # (the chapter's next line, label = ..., is never used)
             if b_size != batch_size:  # the epoch's last batch
-                y_real_ = torch.ones(b_size)
-                y_fake_ = torch.zeros(b_size)
+                y_real_ = torch.ones(b_size, device=device)
+                y_fake_ = torch.zeros(b_size, device=device)
                 y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
-            y_fill_ = fill[data[1].to(device, non_blocking=True)]  # fill is on the device
+            y_fill_ = fill[data[1].to(device, non_blocking=run.pinned)]  # fill is on the device
             output = netD(real_cpu, y_fill_).view(-1)
             errD_real = criterion(output, y_real_)  # -log D(x|y)
             errD_real.backward()

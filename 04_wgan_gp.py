@@ -259,8 +259,8 @@ def main(argv=None):
             #     i.e. minimize D(G(z)) - D(x) + λ GP
             ###########################
             for _ in range(n_critic):
-                # channels_last like the models; non_blocking: from pinned memory, no wait
-                real = next(batches)[0].to(device, memory_format=torch.channels_last, non_blocking=True)
+                # channels_last like the models; non_blocking where pinned (CUDA): no wait
+                real = next(batches)[0].to(device, memory_format=torch.channels_last, non_blocking=run.pinned)
                 b_size = real.size(0)
                 noise = torch.randn(b_size, nz, device=device)
                 fake = netG(noise).detach()  # this step trains the critic only

@@ -50,10 +50,6 @@ def cli(main, argv=None):
         if "Original Traceback" in msg:  # raised in a DataLoader worker: keep the last line
             msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
         sys.exit(f"error: {msg}")
-    except RuntimeError as e:  # BCELoss refuses a NaN probability before any loss shows one
-        if "should be between 0 and 1" not in str(e) or _RUN is None:
-            raise
-        sys.exit("error: " + str(diverged(_RUN.out, "D's output became NaN")))
     except OSError as e:  # the file system refused: read-only, full, a file where a folder goes
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # the second Ctrl-C
@@ -313,8 +309,8 @@ def _worker_init(worker_id):
 # --- --amp, torchrun ---------------------------------------------------------------------------
 def _native_bf16(device):
     """Whether this device computes in bfloat16 natively (else autocast emulates it, slowly)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere (8.0) and newer: is_bf16_supported() also counts emulation
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:  # torch has no public probe for CPUs (2.14 neither): ask Linux
         with open("/proc/cpuinfo") as f:
             flags = f.read().split()
@@ -331,16 +327,25 @@ def _forward_bf16(self, *inputs):
         return type(self).forward(self, *inputs).float()
 
 
+def _forward_float32(self, *inputs):
+    with torch.autocast(self._amp_device, enabled=False):
+        return type(self).forward(self, *(x.float() for x in inputs))
+
+
 def amp(device, enabled, *models):
     """--amp: each model's forward runs under bfloat16 autocast and hands back float32, so the
-    losses (BCELoss is not autocast-safe on CUDA) and all after them stay in float32. Without
+    losses (BCELoss is not autocast-safe on CUDA) and all after them stay in float32. The last
+    layer computes in float32: D's Sigmoid (on neither autocast list) would take a bfloat16
+    logit and round every probability above 0.998 to 1, where BCELoss's gradient is 0. Without
     --amp, or where bfloat16 is not native (said once), the models are returned unchanged."""
     if enabled and not _native_bf16(device):
         print(f"--amp: {device.type} here has no native bfloat16 (on CPUs: AVX512-BF16 or AMX); "
               "training in float32")
     elif enabled:
-        print(f"--amp: forward passes in bfloat16 on {device.type}")
-        for m in models:  # a bound method, so that copy.deepcopy(m) calls the copy's forward
+        print(f"--amp: forward passes in bfloat16 on {device.type}, each model's last layer in float32")
+        for m in models:  # bound methods, so that copy.deepcopy(m) calls the copy's forward
+            last = [l for l in m.modules() if next(l.parameters(recurse=False), None) is not None][-1]
+            last._amp_device, last.forward = device.type, types.MethodType(_forward_float32, last)
             m._amp_device, m.forward = device.type, types.MethodType(_forward_bf16, m)
     return models
 
@@ -405,6 +410,17 @@ def _tensors(x):
     return [x] if torch.is_tensor(x) else []
 
 
+def _all(checks, device, empty):
+    """torch.stack([c.all() for c in checks]).all() as one bool on `device`, for checks on
+    several devices (Adam keeps its step counters on the CPU beside CUDA weights: one stack of
+    both fails); `empty` where there are none."""
+    on = {}
+    for c in checks:
+        on.setdefault(c.device, []).append(c.all())
+    return torch.stack([torch.stack(v).all().to(device) for v in on.values()]
+                       or [torch.tensor(empty, device=device)]).all()
+
+
 class NonFiniteLoss(UserError):
     """The run diverged: what, that the last good checkpoint is kept, what to try."""
 
@@ -431,6 +447,8 @@ class Run:
         self.iters = ckpt["iters"] if ckpt else 0
         self.rows = [list(r) for r in ckpt["history"]] if ckpt else []  # losses.csv so far
         self.stopped, self.fake, self._signals = False, None, {}
+        self.pinned = self.device.type == "cuda"  # batches in pinned memory: non_blocking copies
+        self._nan = None  # on the device: whether netD has output a NaN (see keep)
         self.interrupted = self.signalled = False  # a signal here; one on any torchrun process
         self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
         self._state, self._silent = {}, 0  # _silent: log lines in a row where no gradient flowed
@@ -447,7 +465,7 @@ class Run:
         sampler = EpochSampler(dataset, self.args.seed, self.rank, self.size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-            drop_last=drop_last, pin_memory=self.device.type == "cuda",
+            drop_last=drop_last, pin_memory=self.pinned,
             persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(0))  # worker seeds: the global RNG stays alone
         if len(loader) == 0:
@@ -475,6 +493,8 @@ class Run:
         loaded back into them here, with the random generators. sample() gives G's images of the
         fixed noise, for the snapshot at a stop and for real_vs_fake.png."""
         self._state, self._sample, self._nrow = state, sample, nrow
+        if "netD" in state:
+            unwrap(state["netD"]).register_forward_hook(self._no_nan)
         for name, x in state.items() if self.ckpt else ():
             if isinstance(x, torch.nn.Module):
                 load_state(unwrap(x), self.ckpt[name], name, self.args.resume)
@@ -486,6 +506,14 @@ class Run:
             set_rng_state(self.ckpt["rng"], self.device)
         if self.rank > 0:  # torchrun: each process draws its own noise from here on
             torch.manual_seed(self.args.seed + self.rank + 1000003 * self.iters)
+
+    def _no_nan(self, module, inputs, output):
+        """netD's output, a NaN replaced: BCELoss refuses one, and on CUDA with a device-side
+        assert that ends the process before any message. Noted on the device (no wait for it),
+        so the next check stops the run with the reason."""
+        nan = output.isnan()
+        self._nan = nan.any() if self._nan is None else self._nan | nan.any()
+        return output.masked_fill(nan, 0.5)
 
     def enumerate(self, dataloader, epoch, per_step=None):
         """enumerate(dataloader, 0) over one epoch; with per_step k, (i, the batch iterator) for
@@ -576,32 +604,40 @@ class Run:
 
     def _check(self, new=()):
         """Stop a run that has diverged (docs/shared.md, When a run diverges): a number that is
-        not finite in the new rows, the weights, their gradients or the optimizers' state;
-        losses past LOSS_LIMIT for a whole log interval; or every gradient of G and D exactly
-        zero at two log lines in a row (D's Sigmoid saturated: nothing can learn any more)."""
+        not finite in the new rows, netD's output, the weights, their gradients or the
+        optimizers' state; losses past LOSS_LIMIT for a whole log interval; or every gradient of
+        G and D exactly zero at two log lines in a row (D's Sigmoid saturated: nothing can learn
+        any more). Under torchrun all processes reach the same verdict before any stops."""
         said = lambda r: ", ".join(f"{k} {v:.4g}" for k, v in zip(self._columns[3:], r[3:]))
         bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
-        if bad is not None:
-            raise diverged(self.out, f"a loss became NaN or infinite at iteration {bad[2]} ({said(bad)})")
         tensors = [t for x in self._state.values() for t in _tensors(x)]
         grads = [p.grad for x in self._state.values() if isinstance(x, torch.nn.Module)
                  for p in x.parameters() if p.grad is not None]
-        finite, silent = torch.stack([  # one transfer for both
-            torch.stack([t.isfinite().all() for t in tensors]).all() if tensors else torch.tensor(True),
-            torch.stack([g.abs().max() == 0 for g in grads]).all() if grads else torch.tensor(False)]).tolist()
-        if not finite:
-            raise diverged(self.out, "the weights or the optimizers' state became NaN or infinite "
-                           f"by iteration {self.iters}")
+        finite, silent, nan = torch.stack([  # one transfer for all
+            _all([t.isfinite() for t in tensors], self.device, True),
+            _all([g == 0 for g in grads], self.device, False),
+            _all([self._nan] if self._nan is not None else [], self.device, False)]).tolist()
         losses = [k for k, c in enumerate(self._columns or ()) if c.startswith("Loss_")]
-        if new and all(any(abs(r[k]) > LOSS_LIMIT for k in losses) for r in new):
-            raise diverged(self.out, f"the losses stayed beyond {LOSS_LIMIT:g} for {len(new)} "
-                           f"iterations (iteration {new[-1][2]}: {said(new[-1])})")
         if new:
             self._silent = self._silent + 1 if silent else 0
-        if self._silent >= 2:
-            raise diverged(self.out, "no gradient reached G or D for a whole log interval (iteration "
-                           f"{new[-1][2]}: {said(new[-1])}): D's outputs are stuck at exactly 0 or 1, "
-                           "where its Sigmoid passes nothing back (§12.7.1's vanishing gradients)")
+        problems = [  # the first that holds is the verdict
+            (bad is not None, lambda: f"a loss became NaN or infinite at iteration {bad[2]} ({said(bad)})"),
+            (nan, lambda: "D's output became NaN"),
+            (not finite, lambda: "the weights or the optimizers' state became NaN or infinite by "
+             f"iteration {self.iters}"),
+            (new and all(any(abs(r[k]) > LOSS_LIMIT for k in losses) for r in new),
+             lambda: f"the losses stayed beyond {LOSS_LIMIT:g} for {len(new)} iterations "
+             f"(iteration {new[-1][2]}: {said(new[-1])})"),
+            (self._silent >= 2, lambda: "no gradient reached G or D for a whole log interval "
+             f"(iteration {new[-1][2]}: {said(new[-1])}): D's outputs are stuck at exactly 0 or 1, "
+             "where its Sigmoid passes nothing back (§12.7.1's vanishing gradients)")]
+        why = next((what() for holds, what in problems if holds), None)
+        if self._group is not None:  # the losses differ between processes: all stop, or none
+            whys = [None] * self.size
+            dist.all_gather_object(whys, why, group=self._group)
+            why = next((w for w in whys if w), None)
+        if why:
+            raise diverged(self.out, why)
 
     def column(self, name):
         """A column of losses.csv, the whole run's: G_losses, D_losses..."""
@@ -620,7 +656,7 @@ class Run:
         save_checkpoint({
             "script": self.script, "args": vars(self.args), "iters": self.iters,
             "history": self.rows, "rng": rng_state(self.device),
-            **{k: unwrap(x).state_dict() if hasattr(x, "state_dict") else x
+            **{k: _cpu(unwrap(x).state_dict() if hasattr(x, "state_dict") else x)
                for k, x in self._state.items()}}, os.path.join(self.out, "checkpoint.pt"))
 
     def _snapshot_path(self, iters):
@@ -634,7 +670,7 @@ class Run:
     def finish(self, real, curves, title):
         """netG.pt (the generator alone), the loss plot, progress.gif, real_vs_fake.png, and
         where they went. Returns the exit status: 130 after Ctrl-C, else 0."""
-        save_checkpoint(unwrap(self._state["netG"]).state_dict(), os.path.join(self.out, "netG.pt"))
+        save_checkpoint(_cpu(unwrap(self._state["netG"]).state_dict()), os.path.join(self.out, "netG.pt"))
         plotted = _MAIN and plot_losses(curves, title, os.path.join(self.out, "losses.png"))
         write_gif(self.out, os.path.join(self.out, "progress.gif"))
         fake = self.fake if self.fake is not None else self._sample()
@@ -734,6 +770,18 @@ def set_rng_state(state, device):
     gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(device.type)
     if gpu and state["device"] is not None and state["device_type"] == device.type:
         gpu.set_rng_state(state["device"])  # (from another kind of device: its own seed goes on)
+
+
+def _cpu(state):
+    """A state_dict (nested dicts and lists of tensors) on the CPU, so that a checkpoint written
+    on a GPU loads anywhere, as the chapter's parameters_netG.pt does."""
+    if torch.is_tensor(state):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu(v) for v in state)
+    return state
 
 
 def save_checkpoint(ckpt, path):

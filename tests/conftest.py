@@ -6,6 +6,7 @@ tiny networks and a tiny fake dataset so that the whole suite stays fast on 2 CP
 """
 import csv
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import common  # noqa: E402
 
 
 SCRIPTS = ("01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp")
+ON_THE_DEVICE = SCRIPTS + ("evaluate",)  # the modules whose main() takes --device
 
 
 def pytest_addoption(parser):
@@ -43,9 +45,11 @@ def pytest_configure(config):
         # torch.manual_seed also queues a seed for CUDA, XPU and MTIA, which no test starts on
         # the CPU, and formats the stack for each: 2 ms a call at pytest's depth, and FakeData
         # seeds every image it makes (7 s of the suite). The CPU's generator is seeded as before.
+        # Only for a backend this machine lacks: one that is there stays seeded.
         for name in ("cuda", "xpu", "mtia"):
-            if hasattr(torch, name):  # (an older torch has fewer)
-                getattr(torch, name).manual_seed_all = lambda seed: None
+            backend = getattr(torch, name, None)  # (an older torch has fewer)
+            if backend is not None and not backend.is_available():
+                backend.manual_seed_all = lambda seed: None
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +60,15 @@ def device(request):
 
 @pytest.fixture(autouse=True)
 def scripts_on_the_device(request, device, monkeypatch):
-    """Every script main() a test calls trains on --device (unless the test names a device),
-    and the tests marked cpu_only / cuda_only skip elsewhere, saying why."""
+    """Every script main() (and evaluate.main()) a test calls runs on --device, the CPU too
+    (else a machine with a GPU would pick it), unless the test names a device; the tests marked
+    cpu_only / cuda_only skip elsewhere, saying why."""
     cpu_only = request.node.get_closest_marker("cpu_only")
     if cpu_only and device != "cpu":
         pytest.skip(f"CPU only: {cpu_only.args[0]}")
     if request.node.get_closest_marker("cuda_only") and device != "cuda":
         pytest.skip("needs CUDA: run python -m pytest --device cuda on a machine with a GPU")
-    if device == "cpu":
-        return
-    for name in SCRIPTS:
+    for name in ON_THE_DEVICE:
         module = load_script(name)
         main = module.main
         monkeypatch.setattr(module, "main", lambda argv=None, main=main: main(
@@ -152,6 +155,12 @@ def assert_same_run(a, b):
         for k in ca[net]:
             assert torch.equal(ca[net][k], cb[net][k]), (net, k)
     assert read_csv(a / "losses.csv") == read_csv(b / "losses.csv")
+
+
+def torchrun_cmd(dump, jobs, nproc=2):
+    """torchrun running tests/ddp_worker.py's jobs: [[name, script, argv, fake size], ...]."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(nproc), os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
 
 
 def ctrl_c(cmd, env=None):

@@ -5,9 +5,10 @@
 
 The jobs run one after the other in the same processes (one start-up of torch for all), each
 with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a relative --out
-lands there and the test sees which process wrote what; after its main() returns, the
-parameters of the models the script wrapped go to DUMP/NAME/rank<r>.pt, so the test can compare
-the processes' copies.
+lands there and the test sees which process wrote what; after its main() returns (or raises
+a UserError, whose message is then the status), the parameters of the models the script wrapped
+and the process group's backend go to DUMP/NAME/rank<r>.pt, so the test can compare the
+processes' copies. In the job named "nan_on_rank1", rank 1 alone logs a NaN loss.
 """
 import importlib
 import json
@@ -35,8 +36,16 @@ for name, script, argv, common.FAKE_SIZE in jobs:
     here = os.path.join(dump, name, f"rank{rank}")
     os.makedirs(here, exist_ok=True)
     os.chdir(here)
-    status = importlib.import_module(script).main(argv)
+    append = common.Run.append
+    if name == "nan_on_rank1" and rank == 1:  # the losses differ between processes
+        common.Run.append = lambda self, **v: append(self, **{k: x * float("nan") for k, x in v.items()})
+    try:
+        status = importlib.import_module(script).main(argv)
+    except common.UserError as e:
+        status = str(e)
+    common.Run.append = append
     torch.save({"status": status, "types": [type(m).__name__ for m in wrapped],
+                "backend": dist.get_backend(),
                 "params": [{k: v.detach().cpu() for k, v in common.unwrap(m).named_parameters()}
                            for m in wrapped]},
                os.path.join(dump, name, f"rank{rank}.pt"))

@@ -4,14 +4,13 @@ Each run goes through tests/ddp_worker.py, which keeps each rank's files apart a
 copy of the parameters, so that "rank 0 alone writes" and "the copies stay identical" are checked
 on what the processes really did.
 """
-import json
 import os
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, ctrl_c, load, load_script, read_csv
+from conftest import ctrl_c, load, load_script, read_csv, torchrun_cmd
 
 import common
 
@@ -27,11 +26,6 @@ OUTPUTS = ["real_samples.png", "fake_samples_000000.png", "fake_samples_000002.p
            "real_vs_fake.png", "losses.csv", "checkpoint.pt", "netG.pt"]
 
 
-def torchrun_cmd(dump, jobs):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
-
-
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 CTRL_C = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf", "8"]
 
@@ -39,8 +33,8 @@ CTRL_C = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One torchrun start for all the jobs (starting torch is most of the time): the four
-    scripts from scratch, 02 resuming a checkpoint that one process wrote, and last a run of
-    1000 images, long enough to press Ctrl-C while it trains."""
+    scripts from scratch, 02 resuming a checkpoint that one process wrote, 02 diverging in one
+    process, and last a run of 1000 images, long enough to press Ctrl-C while it trains."""
     dump = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(common, "FAKE_SIZE", 32)
@@ -50,6 +44,8 @@ def runs(tmp_path_factory):
     jobs = [[script, script, [*FLAGS, *flags], 32] for script, flags in SCRIPTS.items()]
     jobs.append(["resume", "02_dcgan", ["--resume", str(one / "checkpoint.pt"), "--device", "cpu",
                                         "--max-steps", "4"], 32])
+    jobs.append(["nan_on_rank1", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--log-every", "1",
+                                              "--out", "run"], 32])
     jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 1000])
     _, stdout, stderr = ctrl_c(torchrun_cmd(dump, jobs), ENV)
     assert "Go on with" in stdout, stdout + stderr
@@ -65,7 +61,7 @@ def test_two_processes_train_one_model(runs, script):
     dump, stdout = runs
     ranks = ranks_of(dump, script)
     for rank in ranks:
-        assert rank["status"] == 0
+        assert rank["status"] == 0 and rank["backend"] == "gloo"
         assert rank["types"] == ["DistributedDataParallel"] * 2  # netG and netD (critic)
     # Each rank drew its own noise from its own shard of the data; the gradients were averaged,
     # so after 3 iterations the two copies of G and of D are still bit for bit the same
@@ -79,12 +75,22 @@ def test_two_processes_train_one_model(runs, script):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
-    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 2  # once per job, not twice
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 3  # once per job, not twice
     assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
     assert not any(k.startswith("module.") for k in list(ckpt["netG"]) + list(ckpt["netD"]))
     assert set(ckpt["netG"]) >= set(ranks[0]["params"][0])
+
+
+def test_a_divergence_in_one_process_stops_all_with_its_reason(runs):
+    """The losses differ between processes (their data and noise do): a NaN in rank 1's alone
+    must stop both at the same check, rank 0 (the one that prints) with rank 1's reason, and
+    not leave rank 0 waiting for rank 1 in the next collective."""
+    dump, _ = runs
+    statuses = [r["status"] for r in ranks_of(dump, "nan_on_rank1")]
+    assert statuses[0] == statuses[1] and "a loss became NaN or infinite at iteration 0" in statuses[0]
+    assert not (dump / "nan_on_rank1" / "rank0" / "run" / "checkpoint.pt").exists()
 
 
 def test_checkpoints_move_between_one_and_two_processes(runs):

@@ -101,7 +101,7 @@ def saturated(netG):
     """The share of G's pixels (train mode, MNIST sizes) that the Tanh has pinned near ±1."""
     torch.manual_seed(0)
     with torch.no_grad():
-        return (netG(torch.randn(64, 100)).abs() > 0.9).float().mean().item()
+        return (netG(torch.randn(64, 100, device=next(netG.parameters()).device)).abs() > 0.9).float().mean().item()
 
 
 def test_G_does_not_start_saturated(tmp_path, monkeypatch):
