@@ -91,8 +91,8 @@ def embed(net, batches, device):
     with torch.no_grad():
         for x in batches:
             size = x.shape[-1]
-            f = net.features(fit(x, net).to(device))
-            feats.append(f.double().cpu())
+            f = net.features(fit(x.to(device), net))  # the resize too (to 299x299 for Inception) on the GPU
+            feats.append(f.cpu().double())  # on the CPU: MPS has no float64
             probs.append(F.softmax(net.head(f).float(), dim=1).cpu())
     return torch.cat(feats), torch.cat(probs), size
 
@@ -206,7 +206,8 @@ def train_classifier(dataset, dataroot, path, device):
     mu, sigma = statistics(feats)
     common.make_folder(os.path.dirname(path) or ".")
     common.save_checkpoint({"evaluate": VERSION, "dataset": dataset, "classes": classes,
-                            "net": net.state_dict(), "mu": mu, "sigma": sigma,
+                            "net": {k: v.cpu() for k, v in net.state_dict().items()},  # loads without a GPU
+                            "mu": mu, "sigma": sigma,
                             "test_accuracy": accuracy, "test_n": len(test)}, path)
     print(f"Classifier: {accuracy:.2%} on the {len(test)} test images, in "
           f"{time.perf_counter() - start:.0f} s; saved to {path}")
@@ -251,17 +252,16 @@ def inception_net(device):
             f"FID on this dataset is measured in the features of Inception-v3, and its weights are "
             f"not on this machine: download {url} (104 MB) to {path}, then run again. (MNIST and "
             "Fashion-MNIST need no download: evaluate.py trains its own classifier for them.)")
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    # The weights are ported from Google's, which take [-1, 1]: torchvision's transform_input=True
+    # turns ImageNet-normalised images back into that. Ours are in [-1, 1] already: in as they are
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     head, net.fc = net.fc, nn.Identity()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
     class Inception(nn.Module):  # [-1, 1] in, the 2048 pool features out; head: ImageNet's logits
         def __init__(self):
             super().__init__()
-            self.net, self.head, self.size, self.nc = net, head, 299, 3
-            self.features = lambda x: self.net(((x + 1) / 2 - mean.to(x.device)) / std.to(x.device))
+            self.features, self.head, self.size, self.nc = net, head, 299, 3
     return Inception().to(device)
 
 

@@ -112,7 +112,7 @@ def test_a_checkpoint_end_to_end(data, ckpt01, capsys):
 
 
 def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt01, tmp_path, capsys,
-                                                                           monkeypatch):
+                                                                           monkeypatch, device):
     """The first evaluate.py trains the classifier, which draws from the random generator: the
     samples must be drawn after it, so that they are --generate's and the numbers repeat."""
     first, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
@@ -131,7 +131,8 @@ def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt0
     with pytest.raises(Seen):
         evaluate.main([ckpt01, "--n", "30", "--dataroot", str(tmp_path)])
     args, ck = common.get_args(mlp.parser, ["--generate", "30", "--checkpoint", ckpt01], "01_mlp_gan")
-    assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device("cpu")))))
+    # drawn on the device evaluate.py ran on: CUDA's random stream is not the CPU's
+    assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device(device)))))
 
 
 def test_the_conditional_gan_is_asked_for_each_class_in_turn(data, tmp_path, capsys):
@@ -184,7 +185,62 @@ def test_other_datasets_use_inception_and_say_what_to_download(tmp_path, monkeyp
     assert "against 9 real training images" in text
 
 
+@pytest.fixture
+def one_thread():
+    """Inception's hundreds of small ops take 1 s on one thread, and up to 13 s on two when a
+    busy CPU keeps one waiting for the other (frechet's eigh runs on one thread for this too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_inception_sees_images_as_torchvision_feeds_its_imagenet_weights(tmp_path, monkeypatch, one_thread):
+    """The ported Google weights take [-1, 1]: torchvision builds the net for them with
+    transform_input=True, which turns the weights' documented ImageNet normalisation into
+    that. evaluate.py's features of [-1, 1] images must be that net's of the normalised ones.
+    Random weights stand in for the real ones, under the file name evaluate.py looks for."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+    import torchvision.transforms.functional as TF
+    weights = Inception_V3_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    ref = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True).eval()
+    for m in ref.modules():  # torch's default init shrinks the features to 1e-8, which any input would match
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+    os.makedirs(tmp_path / "checkpoints")
+    torch.save(ref.state_dict(), tmp_path / "checkpoints" / os.path.basename(weights.url))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    ref.fc = nn.Identity()  # the 2048 pooled features, as evaluate.py's
+    x = torch.rand(2, 3, *weights.meta["min_size"]) * 2 - 1  # 75x75: 1/16 of 299x299's work
+    preprocess = weights.transforms()
+    with torch.no_grad():
+        ours = evaluate.inception_net(torch.device("cpu")).eval().features(x)
+        theirs = ref(TF.normalize((x + 1) / 2, preprocess.mean, preprocess.std))
+    torch.testing.assert_close(ours, theirs)
+
+
 # --- The classifier's file and bad inputs -------------------------------------------------------
+def test_on_a_gpu_the_resize_runs_there_and_float64_and_the_saved_classifier_stay_on_the_cpu(
+        tmp_path, monkeypatch):
+    """MPS has no float64, and a file of CUDA tensors needs a GPU to load. The meta device
+    stands in for the GPU: .double() refuses a tensor off the CPU, as MPS does, and .cpu() of a
+    meta tensor (which holds no data) gives zeros."""
+    cpu, double, fit, fitted = torch.Tensor.cpu, torch.Tensor.double, evaluate.fit, []
+
+    def cpu_double(t):
+        if t.device.type != "cpu":
+            raise TypeError(f"no float64 on {t.device.type}")
+        return double(t)
+    monkeypatch.setattr(torch.Tensor, "double", cpu_double)
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t: torch.zeros(t.shape, dtype=t.dtype) if t.is_meta else cpu(t))
+    monkeypatch.setattr(evaluate, "fit", lambda x, net: fitted.append(x.device.type) or fit(x, net))
+    path = tmp_path / "classifier.pt"
+    evaluate.train_classifier("fake", str(tmp_path), str(path), torch.device("meta"))
+    assert set(fitted) == {"meta"}  # the resize runs on the device, not on the CPU before it
+    assert {v.device.type for v in torch.load(path, weights_only=True)["net"].values()} == {"cpu"}
+
+
 def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, capsys):
     assert user_error(evaluate.main, [str(tmp_path / "none.pt")]).startswith(
         f"error: no checkpoint at {tmp_path / 'none.pt'}")
