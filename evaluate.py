@@ -37,13 +37,25 @@ import common
 OWN = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fake": "FakeData"}  # own classifier
 VERSION = 2  # of the classifier's file: another one is rebuilt
 SIZE = 28    # the classifier's input, MNIST's own size
+MAX_N = 50000  # --n's: FID's usual N, and CIFAR-10's training split (as many real images)
+
+
+def sample_count(text):
+    """--n: a positive whole number, at most MAX_N (every sample's features are kept)."""
+    n = common.positive_int(text)
+    if n > MAX_N:
+        raise argparse.ArgumentTypeError(f"at most {MAX_N}, got {text}")
+    return n
+
 
 parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("path", nargs="?", help="a checkpoint.pt of one of the scripts, a PNG grid, "
                     "or a folder of PNGs (one image each, as --generate writes them)")
-parser.add_argument("--n", type=common.positive_int, default=10000,
-                    help="samples to draw from a checkpoint (default: 10000)")
+parser.add_argument("--n", type=sample_count, default=10000,
+                    help=f"samples to draw from a checkpoint (default: 10000; at most {MAX_N}, FID's "
+                    "usual N: up to it the training splits hold as many real images, which the floor "
+                    "or Inception's FID compares, and every sample's features are kept in memory)")
 parser.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10", "celeba", "folder", "fake"],
                     help="the data the images imitate (default: the checkpoint's; mnist for PNGs)")
 parser.add_argument("--dataroot", metavar="DIR", help="parent folder of the datasets, as in the "
@@ -213,6 +225,27 @@ def train_classifier(dataset, dataroot, path, device):
           f"{time.perf_counter() - start:.0f} s; saved to {path}")
 
 
+REFUSED = ("classifier of evaluate.py: move it away (it is then trained again), or pass "
+           "--classifier PATH")
+
+
+def classifier_from(ckpt, path):
+    """The network of a classifier's file of this version, all of whose parts must be there and
+    fit (a hand-made or damaged one would fail anywhere later, with a traceback)."""
+    try:
+        net = Classifier(len(ckpt["classes"]))
+        net.load_state_dict(ckpt["net"])
+        w, mu, sigma = net.head.in_features, ckpt["mu"], ckpt["sigma"]  # w: the features' width
+        ok = (isinstance(ckpt["dataset"], str) and all(isinstance(c, str) for c in ckpt["classes"])
+              and torch.is_tensor(mu) and mu.shape == (w,) and torch.is_tensor(sigma)
+              and sigma.shape == (w, w) and isinstance(ckpt["test_accuracy"], float) and "test_n" in ckpt)
+    except (KeyError, TypeError, RuntimeError):  # a part missing, of the wrong kind, or not fitting
+        ok = False
+    if not ok:
+        raise common.UserError(f"{path} is not a complete {REFUSED}")
+    return net
+
+
 def load_classifier(dataset, dataroot, path, device, retrain):
     """The classifier and its reference statistics, trained first where there is none yet (or
     it is from another version of this file); a file that is not one is refused."""
@@ -222,10 +255,9 @@ def load_classifier(dataset, dataroot, path, device, retrain):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             ckpt = "unreadable"
-        if not (isinstance(ckpt, dict) and "evaluate" in ckpt):
-            raise common.UserError(f"{path} is not a classifier of evaluate.py: move it away (it "
-                                   "is then trained again), or pass --classifier PATH")
-        if ckpt["dataset"] != dataset:
+        if not (isinstance(ckpt, dict) and isinstance(ckpt.get("evaluate"), int)):
+            raise common.UserError(f"{path} is not a {REFUSED}")
+        if isinstance(ckpt.get("dataset"), str) and ckpt["dataset"] != dataset:
             raise common.UserError(f"{path} is the classifier of {ckpt['dataset']}, and these "
                                    f"images are {dataset}: pass the right --classifier or --dataset")
         if ckpt["evaluate"] != VERSION:
@@ -234,8 +266,7 @@ def load_classifier(dataset, dataroot, path, device, retrain):
     if ckpt is None:
         train_classifier(dataset, dataroot, path, device)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    net = Classifier(len(ckpt["classes"]))
-    net.load_state_dict(ckpt["net"])
+    net = classifier_from(ckpt, path)
     print(f"Classifier: {path} ({ckpt['test_accuracy']:.2%} on {dataset}'s {ckpt['test_n']} test images)")
     return net.to(device), ckpt
 
@@ -269,12 +300,17 @@ def inception_net(device):
 def open_checkpoint(path, n, seed):
     """The script that wrote a checkpoint, the run's settings as that script reads them for
     --generate n, and the checkpoint."""
-    script = common.load_checkpoint(path, None, allow_state_dict=True).get("script")
+    ckpt = common.load_checkpoint(path, None, allow_state_dict=True)
+    script = ckpt.get("script")
     if script is None:
         raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py needs "
                                "the run's checkpoint.pt, which says which script and settings made it")
     if script not in ("01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp"):
         raise common.UserError(f"{path} was written by {script}.py, which evaluate.py does not know")
+    classes = ckpt.get("classes")  # 03's: it draws n / len(classes) of each class, in turn
+    if classes and n % len(classes):
+        raise common.UserError(f"--n {n}: {script}.py draws as many samples of each of its "
+                               f"{len(classes)} classes: --n must be a multiple of {len(classes)}")
     module = importlib.import_module(script)
     argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
     args, ckpt = common.get_args(module.parser, argv, script)
@@ -289,7 +325,7 @@ def from_pngs(path, nc, image_size):
         try:
             with Image.open(file) as image:
                 return to_tensor(image.convert("L" if nc == 1 else "RGB"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # (the last is no OSError)
             raise common.UserError(f"cannot read {file} as an image: {e}") from None
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "*.png")))

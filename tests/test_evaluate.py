@@ -42,6 +42,16 @@ def trained(tmp_path_factory):
     return root, ckpt
 
 
+@pytest.fixture(scope="module")
+def ckpt03(trained, tmp_path_factory, device):
+    """A tiny run of 03 on that data, for the module (on --device: a module's fixture comes
+    before scripts_on_the_device)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "FAKE_SIZE", 32)
+        return tiny_run(cgan.main, tmp_path_factory.mktemp("r03"), trained[0], "--ngf", "8", "--ndf", "8",
+                        "--device", device)
+
+
 @pytest.fixture
 def data(trained):
     return trained[0]
@@ -135,8 +145,8 @@ def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt0
     assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device(device)))))
 
 
-def test_the_conditional_gan_is_asked_for_each_class_in_turn(data, tmp_path, capsys):
-    ckpt = tiny_run(cgan.main, tmp_path / "r", data, "--ngf", "8", "--ndf", "8")
+def test_the_conditional_gan_is_asked_for_each_class_in_turn(ckpt03, capsys):
+    ckpt = ckpt03
     result, text = scores([ckpt, "--n", "40"], capsys)
     assert set(result["cond_accuracy_per_class"]) == {str(c) for c in range(10)}
     assert result["cond_accuracy"] == pytest.approx(sum(result["cond_accuracy_per_class"].values()) / 10)
@@ -289,3 +299,56 @@ def test_a_stale_classifier_is_trained_again(data, ckpt01, tmp_path, capsys):
     _, text = scores([ckpt01, "--n", "20", "--dataroot", str(tmp_path)], capsys)
     assert "from another version of evaluate.py: training it again" in text
     assert torch.load(path, weights_only=True)["evaluate"] == evaluate.VERSION
+
+
+def test_an_incomplete_or_mistyped_classifier_file_is_refused_in_one_line(data, ckpt01, tmp_path):
+    """Each of these loads (weights_only) but is no classifier of this version: a traceback
+    today (KeyError, TypeError, RuntimeError...) or, for dataset 5, "the classifier of 5"."""
+    good = torch.load(data / "FakeData" / "classifier.pt", weights_only=True)
+    bad = [{"evaluate": evaluate.VERSION}, {**good, "evaluate": torch.zeros(3)}]
+    bad += [{k: v for k, v in good.items() if k != key} for key in
+            ("dataset", "net", "mu", "sigma", "classes", "test_accuracy", "test_n")]
+    bad += [{**good, key: value} for key, value in [
+        ("dataset", 5), ("net", [1, 2]), ("net", evaluate.Classifier(3).state_dict()),  # 3 classes, not 10
+        ("classes", 10), ("classes", [[c] for c in range(10)]), ("mu", good["mu"].tolist()),
+        ("mu", good["mu"][:5]), ("sigma", good["sigma"][0]), ("test_accuracy", "99%")]]
+    path = tmp_path / "hand-made.pt"
+    said = "classifier of evaluate.py: move it away (it is then trained again), or pass --classifier PATH"
+    for ckpt in bad:
+        torch.save(ckpt, path)
+        msg = user_error(evaluate.main, [ckpt01, "--dataroot", str(data), "--classifier", str(path)])
+        assert msg.startswith(f"error: {path} is not a") and msg.endswith(said), ckpt.keys()
+        assert torch.load(path, weights_only=True).keys() == ckpt.keys()
+
+
+@pytest.mark.parametrize("where", ["grid", "folder"])
+def test_a_decompression_bomb_png_is_an_unreadable_image(data, tmp_path, monkeypatch, where):
+    """PIL refuses an image of over 2 * MAX_IMAGE_PIXELS pixels with DecompressionBombError,
+    which is no OSError: a 28x28 PNG with the limit at 100 pixels is one."""
+    from PIL import Image
+    os.makedirs(tmp_path / "pngs")
+    bomb = tmp_path / "pngs" / "1.png"  # after a good one (8x8: 64 pixels) in the folder
+    common.save_grid(torch.zeros(1, 8, 8), str(tmp_path / "pngs" / "0.png"))
+    common.save_grid(torch.zeros(1, 28, 28), str(bomb))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(Image.DecompressionBombError):  # the error, not only the warning
+        Image.open(bomb)
+    argv = [str(bomb if where == "grid" else tmp_path / "pngs"), "--dataroot", str(data), "--dataset", "fake"]
+    assert user_error(evaluate.main, argv).startswith(
+        f"error: cannot read {bomb} as an image: Image size (784 pixels) exceeds limit")
+
+
+def test_n_that_03_cannot_split_among_its_classes_is_refused_in_evaluates_terms(ckpt03):
+    for n in ("25", "5"):  # 5: fewer than one of each class
+        msg = user_error(evaluate.main, [ckpt03, "--n", n])
+        assert msg.startswith(f"error: --n {n}: ") and "multiple of 10" in msg and "--generate" not in msg
+
+
+def test_n_is_at_least_one_and_at_most_the_documented_maximum(tmp_path, capsys):
+    """Every sample's features are kept: an unbounded --n grows memory until the machine gives
+    out. The flag is refused before any file is read."""
+    none = str(tmp_path / "none.pt")
+    for n in ("1000000000000", "50001", "0", "-5"):
+        assert "argument --n" in usage_error(evaluate.main, [none, "--n", n], capsys)
+    assert "at most 50000" in usage_error(evaluate.main, [none, "--n", "50001"], capsys)
+    assert evaluate.parser.parse_args([none, "--n", "50000"]).n == 50000  # the maximum itself is fine
