@@ -228,6 +228,8 @@ def main(argv=None):
                 run.snapshot(sample(netG, fixed_noise), iters)
 
             iters += 1
+        if run.stopped:  # Ctrl-C, SIGTERM or --max-steps: run.enumerate has saved
+            break
 
     # Results: the loss plot, G's progression (progress.gif), real vs. fake, netG.pt
     G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")

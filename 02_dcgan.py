@@ -276,6 +276,8 @@ def main(argv=None):
                 run.snapshot(sample(netG, fixed_noise), iters)
 
             iters += 1
+        if run.stopped:  # Ctrl-C, SIGTERM or --max-steps: run.enumerate has saved
+            break
 
     # §12.4.5 Results: the loss plot, G's progression (progress.gif), real vs. fake, and the
     # trained generator (netG.pt, the chapter's parameters_netG.pt)

@@ -50,12 +50,12 @@ parser = common.make_parser(
     sample_every=200,
 )
 parser.add_argument("--image-size", type=int, metavar="N",
-                    help="a multiple of 4 (default: the dataset's own: 28 for MNIST and "
-                         "Fashion-MNIST and fake, 32 for CIFAR-10, 64 for CelebA and folder)")
+                    help="a multiple of 4, at most 256 (default: the dataset's own: 28 for MNIST "
+                         "and Fashion-MNIST and fake, 32 for CIFAR-10, 64 for CelebA and folder)")
 parser.add_argument("--n-critic", type=int, default=5, choices=range(1, 11), metavar="N",
                     help="critic steps per generator step, each on its own real batch (default: 5)")
-parser.add_argument("--lambda-gp", type=common.non_negative, default=10.0, metavar="LAMBDA",
-                    help="weight of the gradient penalty (default: 10)")
+parser.add_argument("--lambda-gp", type=common.non_negative, metavar="LAMBDA",
+                    help="weight of the gradient penalty (default: 10; none with --clip)")
 parser.add_argument("--clip", type=common.unit_value, metavar="C",
                     help="the original WGAN instead: clip every critic weight to [-C, C] after "
                          "each critic step, RMSprop, no gradient penalty (the paper: 0.01)")
@@ -177,14 +177,23 @@ def sample(netG, noise):
 
 
 def settle_sizes(args):
-    """The image size (the dataset's own unless given) and the learning rate (per --clip)."""
+    """The image size (the dataset's own unless given), the learning rate and the penalty's
+    weight (per --clip), and a batch G's BatchNorm can take."""
     if args.image_size is None:
         args.image_size = NATIVE_SIZE[args.dataset]
-    if args.image_size < 4 or args.image_size % 4:
+    if args.image_size < 4 or args.image_size % 4 or args.image_size > 256:
         raise common.UserError(f"--image-size {args.image_size}: the networks halve the size twice "
-                               "and double it twice, so it must be a multiple of 4 (28, 32, 64...)")
+                               "and double it twice, so it must be a multiple of 4 (28, 32, 64...), "
+                               "and at most 256 (G's first layer grows with its square)")
     if args.lr is None:
         args.lr = 0.00005 if args.clip else 0.0001
+    if args.clip and args.lambda_gp is not None and not (args.resume or args.generate):
+        raise common.UserError("--clip replaces the gradient penalty, so --lambda-gp would do "
+                               "nothing: use one of them")
+    if args.lambda_gp is None:
+        args.lambda_gp = 10.0
+    if args.batch_size < 2:  # (the epoch's last batch is dropped, so every batch is full)
+        raise common.UserError("--batch-size 1: G's BatchNorm1d needs at least 2 images a batch")
 
 
 def main(argv=None):
@@ -299,6 +308,8 @@ def main(argv=None):
                 run.snapshot(sample(netG, fixed_noise), iters)
 
             iters += 1
+        if run.stopped:  # Ctrl-C, SIGTERM or --max-steps: run.enumerate has saved
+            break
 
     # Results: W, which should fall as G improves, beside the losses; G's progression
     # (progress.gif), real vs. fake, and the trained generator (netG.pt)

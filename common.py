@@ -10,13 +10,21 @@ import glob
 import itertools
 import math
 import os
+import pickle
+import shlex
 import shutil
 import signal
 import sys
 import threading
 import time
 import types
-from urllib.error import URLError
+import zipfile
+
+try:
+    import fcntl  # the run folder's lock: an flock, which the system releases with its process
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 import torch
 import torch.distributed as dist
@@ -39,10 +47,16 @@ class UserError(Exception):
     """Something the user can fix: cli() prints it without a traceback and exits with 1."""
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cli(main, argv=None):
-    """Run a script's main() as a command: user errors become one message and exit status 1."""
+    """Run a script's main() as a command: user errors become one message and exit status 1.
+    A SIGTERM before the training loop (which saves on it) quits as Ctrl-C does, cleanly."""
     global _RUN
     _RUN = None
+    sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         status = main(argv)
     except UserError as e:
@@ -52,10 +66,16 @@ def cli(main, argv=None):
         sys.exit(f"error: {msg}")
     except OSError as e:  # the file system refused: read-only, full, a file where a folder goes
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # the second Ctrl-C
+    except (MemoryError, RuntimeError) as e:  # torch's allocators: CUDA's has a type, the CPU's a text
+        if not isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        sys.exit(f"error: too large for this machine's memory ({str(e).splitlines()[0][:200]}): use "
+                 "smaller sizes (--nz, --ngf, --ndf, --image-size) or a smaller --batch-size")
+    except KeyboardInterrupt:  # the second Ctrl-C, or a signal before the training loop
         print("interrupted", file=sys.stderr)
         status = 130
     finally:
+        signal.signal(signal.SIGTERM, sigterm)
         if _RUN is not None:
             _RUN.release()
             with contextlib.suppress(OSError):  # a run that failed before writing anything
@@ -79,7 +99,8 @@ def _checked(kind, ok, says):
 
 
 positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number")
-_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "must be a positive number")
+_positive_float = _checked(float, lambda v: 0 < v <= 1e30, "must be a positive number up to 1e30")
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "must be a whole number from 0 to 2**32 - 1")
 _beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 _workers = _checked(int, lambda v: v >= 0, "must be 0 or more")
 non_negative = _checked(float, lambda v: v >= 0 and math.isfinite(v), "must be 0 or more")  # 04's λ
@@ -129,7 +150,7 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     add("--ngf", "size of the feature maps in the generator", type=positive_int)
     add("--ndf", "size of the feature maps in the discriminator", type=positive_int)
     add("--workers", "DataLoader worker processes (0: load in the main process)", type=_workers)
-    add("--seed", "random seed", type=int)
+    add("--seed", "random seed", type=_seed)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto picks cuda, then mps, then cpu (default: auto)")
     if "amp" in defaults:
@@ -165,6 +186,13 @@ def get_args(parser, argv, script):
     args = parser.parse_args(argv)
     if args.resume and args.generate:
         parser.error("--resume trains, --generate samples: use one of them")
+    if args.checkpoint and not args.generate:
+        parser.error("--checkpoint names what --generate samples from: add --generate N (to go on "
+                     "training a run, use --resume PATH)")
+    if args.generate and args.max_steps:
+        parser.error("--max-steps stops training, and --generate does not train: use one of them")
+    if args.generate and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        parser.error("--generate is for one process: run it without torchrun")
     check_device(args.device)
     ckpt = None
     if args.generate:
@@ -223,7 +251,16 @@ def _image_folder(root, transform, what):
     problem = "the folder does not exist"
     if os.path.isdir(root):
         try:
-            return dset.ImageFolder(root=root, transform=transform, loader=read_image)
+            dataset = dset.ImageFolder(root=root, transform=transform, loader=read_image)
+            folders = {os.path.dirname(path) for path, _ in dataset.samples}
+            real = {}
+            for folder in folders:  # a link that loops (loop -> .) reaches each image ~40 times
+                twin = real.setdefault(os.path.realpath(folder), folder)
+                if twin != folder:
+                    raise UserError(f"{root}: the folders {twin} and {folder} are the same one, "
+                                    "through a folder link: remove the link, so that each image "
+                                    "is read once")
+            return dataset
         except FileNotFoundError:
             problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
             if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
@@ -248,19 +285,26 @@ def load_dataset(name, dataroot, transform, image_shape, train=True, n=None):
         return in_memory(dset.FakeData(size=FAKE_SIZE, image_size=image_shape, transform=transform,
                                        random_offset=0 if train else FAKE_SIZE), n)
     cls = {"mnist": dset.MNIST, "fashion-mnist": dset.FashionMNIST, "cifar10": dset.CIFAR10}[name]
+    folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
+    ranked = dist.is_available() and dist.is_initialized()
+    later = ranked and int(os.environ.get("LOCAL_RANK", 0)) > 0
+    if later:  # torchrun: this machine's first process downloads, alone, and the others wait
+        dist.barrier(group=_GROUP)
     try:
         dataset = cls(root=dataroot, train=train, download=True, transform=transform)
-    except (RuntimeError, URLError, OSError) as e:
-        folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
+    except (RuntimeError, OSError, ValueError, AssertionError, EOFError, IndexError) as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
-        if isinstance(e, RuntimeError) and not any(w in str(e) for w in ("download", "not found")):
+        parsing = not isinstance(e, OSError)  # torchvision reading a file, not fetching one
+        if parsing and not (isinstance(e, RuntimeError) and any(w in str(e) for w in ("download", "not found"))):
             raise UserError(f"could not read {cls.__name__} in {folder}: {reason}. A file there is "
                             f"damaged or cut short: delete {folder} to download it again, or put "
                             "good copies there") from None
         raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
                                              files=IDX_FILES.format(cls.__name__) if name != "cifar10" else
                                              "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/")) from None
+    if ranked and not later:
+        dist.barrier(group=_GROUP)
     return in_memory(dataset, n) if name in IN_MEMORY else dataset
 
 
@@ -301,9 +345,11 @@ class EpochSampler(torch.utils.data.distributed.DistributedSampler):
 
 
 def _worker_init(worker_id):
-    # Ctrl-C reaches the whole process group; the main process still needs its workers to
-    # finish the iteration and save. (SIGTERM stays: the DataLoader ends stuck workers with it.)
+    # Ctrl-C, and a scheduler's SIGTERM, reach the whole process group; the main process still
+    # needs its workers to finish the iteration and save. The next SIGTERM (the DataLoader's own,
+    # to end a stuck worker) ends a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 # --- --amp, torchrun ---------------------------------------------------------------------------
@@ -441,7 +487,8 @@ class Run:
     saves the checkpoint at each epoch's end and at a stop. finish() writes the end's files."""
 
     def __init__(self, script, args, ckpt, device):
-        global _RUN
+        global _RUN, _QUITTING
+        _QUITTING = False
         self.script, self.args, self.ckpt, self.out = script, args, ckpt, args.out
         self.device, self.rank, self.size, self._group = init_processes(device)
         self.iters = ckpt["iters"] if ckpt else 0
@@ -497,13 +544,20 @@ class Run:
             unwrap(state["netD"]).register_forward_hook(self._no_nan)
         for name, x in state.items() if self.ckpt else ():
             if isinstance(x, torch.nn.Module):
-                load_state(unwrap(x), self.ckpt[name], name, self.args.resume)
-            elif torch.is_tensor(x):
-                x.copy_(self.ckpt[name])
-            elif hasattr(x, "load_state_dict"):
-                x.load_state_dict(self.ckpt[name])
-        if self.ckpt:
-            set_rng_state(self.ckpt["rng"], self.device)
+                load_state(unwrap(x), self.ckpt.get(name), name, self.args.resume)
+                continue
+            try:
+                if torch.is_tensor(x):
+                    x.copy_(self.ckpt[name])
+                elif hasattr(x, "load_state_dict"):
+                    x.load_state_dict(self.ckpt[name])
+            except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError):
+                raise incomplete(self.args.resume, self.script, f"its {name} is missing or does not fit") from None
+        try:
+            if self.ckpt:
+                set_rng_state(self.ckpt["rng"], self.device)
+        except (KeyError, ValueError, TypeError, RuntimeError):
+            raise incomplete(self.args.resume, self.script, "its rng is not a random state") from None
         if self.rank > 0:  # torchrun: each process draws its own noise from here on
             torch.manual_seed(self.args.seed + self.rank + 1000003 * self.iters)
 
@@ -534,11 +588,11 @@ class Run:
             self.iters += 1
             if i % self.args.log_every == 0:
                 self.flush()
-            self.signalled = self.interrupted
+            self.signalled = self.interrupted  # read once: a signal may come at any line
             if self._group is not None:  # all processes stop at the same iteration
-                stop = torch.tensor([int(bool(self.interrupted))])
+                stop = torch.tensor([int(bool(self.signalled))])
                 dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group)
-                self.signalled = self.interrupted or ("a signal" if stop else False)
+                self.signalled = self.signalled or ("a signal" if stop else False)
             if self.signalled or self.iters == self.args.max_steps:
                 self.stopped = True
                 break
@@ -564,12 +618,16 @@ class Run:
 
     def _on_signal(self, signum, frame):
         """The first Ctrl-C (or a scheduler's SIGTERM) lets the iteration finish, then the run
-        saves and stops; a second Ctrl-C quits at once."""
+        saves and stops; a second Ctrl-C quits at once. One within a second of the first is the
+        same press passed on by a launcher (torchrun's agent forwards the terminal's)."""
+        global _QUITTING
         if self.interrupted:
-            if signum == signal.SIGINT:
+            if signum == signal.SIGINT and time.monotonic() - self._interrupted_at > 1:
+                _QUITTING = True  # (for save_checkpoint: torch.save turns it into a RuntimeError)
                 raise KeyboardInterrupt
             return
         self.interrupted = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        self._interrupted_at = time.monotonic()
         # Straight to the terminal: the signal may have come in the middle of a print, and
         # sys.stdout cannot be entered again from inside its own write
         if _MAIN:
@@ -679,7 +737,7 @@ class Run:
               f"real_vs_fake.png, losses.csv, {'losses.png, ' * bool(plotted)}checkpoint.pt, netG.pt")
         if self.signalled:
             print(f"Stopped by {self.signalled} after {self.iters} iterations. Go on with: "
-                  f"python {self.script}.py --resume {os.path.join(self.out, 'checkpoint.pt')}")
+                  f"python {self.script}.py --resume {shlex.quote(os.path.join(self.out, 'checkpoint.pt'))}")
         self.release()
         return 130 if self.signalled else 0
 
@@ -711,46 +769,69 @@ def _prepare_out(out, resume, resume_iters):
     for path in glob.glob(os.path.join(out, "fake_samples_*.png")):
         if resume_iters is None or _snapshot_iter(path) >= resume_iters:
             os.remove(path)
+    for path in glob.glob(os.path.join(out, "*.pt.tmp*")):  # of a run killed while saving: the
+        os.remove(path)                                     # lock says none is alive
     return lock
 
 
+_HELD = {}  # the .lock files this process holds, open and locked
+
+
+def _try_lock(f):
+    try:
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # a byte far past the PID, which stays readable
+            f.seek(2**20)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
 def _lock(out):
-    """Take out/.lock (created atomically, holding our PID); a live owner's is refused, a dead
-    one's taken over, this process's own (main() called again) taken back."""
-    path = os.path.join(out, ".lock")
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = None
-            with contextlib.suppress(OSError, ValueError), open(path) as f:
-                pid = int(f.read())
-            if pid and pid != os.getpid():
-                try:
-                    os.kill(pid, 0)  # no signal: only asks whether the process exists
-                    alive = True
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:  # another user's, and running
-                    alive = True
-                if alive:
-                    raise UserError(f"{out} is in use by another run (process {pid}): wait for "
-                                    "it to end, or write this run elsewhere with --out DIR")
-                print(f"{out}: taking over the lock of process {pid}, which has ended")
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return path
+    """Take out/.lock: a lock the system holds for its process and frees when it ends, however
+    it ends (so it is never stale), in a file that names the process; refused while another
+    holds it. This process's own (main() called again) is taken back."""
+    path = os.path.realpath(os.path.join(out, ".lock"))
+    while path not in _HELD:
+        f = open(path, "a+")
+        if not _try_lock(f):
+            f.seek(0)
+            pid = f.read().strip() or "starting"
+            f.close()
+            raise UserError(f"{out} is in use by another run (process {pid}): wait for it to end, "
+                            "or write this run elsewhere with --out DIR")
+        with contextlib.suppress(OSError):  # not removed by its last owner since we opened it
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                f.seek(0)
+                f.truncate()
+                f.write(str(os.getpid()))
+                f.flush()
+                _HELD[path] = f
+                break
+        f.close()
+    return path
 
 
 def _unlock(path):
-    with contextlib.suppress(OSError):
-        with open(path) as f:
-            mine = f.read() == str(os.getpid())
-        if mine:
-            os.remove(path)
+    f = _HELD.pop(path, None)
+    if f is not None:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # while still locked: a process waiting on this file then sees it gone
+        f.close()
+
+
+@contextlib.contextmanager
+def locked(out):
+    """out's lock, held inside (or kept, where this process holds it already)."""
+    held = os.path.realpath(os.path.join(out, ".lock")) in _HELD
+    lock = _lock(out)
+    try:
+        yield
+    finally:
+        if not held:
+            _unlock(lock)
 
 
 def _snapshot_iter(path):
@@ -784,9 +865,12 @@ def _cpu(state):
     return state
 
 
+_QUITTING = False  # a second Ctrl-C has come: whatever torch.save makes of it, quit
+
+
 def save_checkpoint(ckpt, path):
-    """Atomic: a crash or Ctrl-C during the write leaves the previous file intact. Under
-    torchrun, rank 0 alone writes."""
+    """Atomic: a crash, a full disk or Ctrl-C during the write leaves the previous file intact
+    and no temporary one. Under torchrun, rank 0 alone writes."""
     if not _MAIN:
         return
     tmp = f"{path}.tmp{os.getpid()}"
@@ -796,15 +880,21 @@ def save_checkpoint(ckpt, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch says "file write failed" for a full disk
-        if isinstance(e, RuntimeError) and "write" not in str(e):
-            raise
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if _QUITTING or isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if not isinstance(e, (OSError, RuntimeError)):  # torch's zip writer says RuntimeError
+            raise
         folder = os.path.dirname(path) or "."
         full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < 2**20
         why = f"no space left on the disk of {folder}" if full else f"cannot write {path}: {e}"
         raise UserError(f"{why} ({os.path.basename(path)} as it was before is kept)") from None
+
+
+def incomplete(path, script, why):
+    return UserError(f"{path} is not a complete checkpoint of {script}.py ({why})")
 
 
 def load_checkpoint(path, script, allow_state_dict=False):
@@ -814,31 +904,46 @@ def load_checkpoint(path, script, allow_state_dict=False):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train first (python "
                         f"{script or '<script>'}.py ...), or pass the right path")
+    damaged = "not a file that torch.save wrote, or one cut short"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a cut one is none)
+        raise UserError(f"{path} is not a checkpoint this script can read: {damaged}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or pickled objects other than tensors
-        why = ("it holds Python objects other than tensors and plain values, which are not loaded: "
-               "loading them could run any code" if "Unsupported global" in str(e) else
-               "not a file that torch.save wrote, or one cut short")
-        raise UserError(f"{path} is not a checkpoint this script can read: {why}") from None
+    except pickle.UnpicklingError:  # weights_only refused a Python object
+        raise UserError(f"{path} is not a checkpoint this script can read: it holds Python objects "
+                        "other than tensors and plain values, which are not loaded: loading them "
+                        "could run any code") from None
+    except Exception:  # a damaged archive
+        raise UserError(f"{path} is not a checkpoint this script can read: {damaged}") from None
     if isinstance(ckpt, dict) and "script" in ckpt:
         if script and ckpt["script"] != script:
             raise UserError(f"{path} was written by {ckpt['script']}.py, not {script}.py: "
                             f"use python {ckpt['script']}.py with it")
+        kinds = {"args": dict, "iters": int, "history": list, "rng": dict, "netG": dict}
+        wrong = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
+        if wrong or ckpt["iters"] < 0 or not all(torch.is_tensor(v) for v in ckpt["netG"].values()):
+            raise incomplete(path, ckpt["script"], "no " + ", ".join(wrong) if wrong else "its netG or "
+                             "iters is not what a run saves")
         return ckpt
-    if allow_state_dict and isinstance(ckpt, dict) and all(torch.is_tensor(v) for v in ckpt.values()):
+    if allow_state_dict and isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         return {"netG": ckpt}
     raise UserError(f"{path} is not a checkpoint of {script + '.py' if script else 'these scripts'}")
 
 
 def load_state(module, state, what, path):
-    """module.load_state_dict with a clear error when the sizes do not match."""
+    """module.load_state_dict with a clear error when the sizes do not match, or the weights
+    are not finite (they would give blank images, or a run that stops at once)."""
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a complete checkpoint: its {what} is missing or not a model's state")
     try:
         module.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as e:
-        detail = str(e).strip().splitlines()
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        detail = str(e).strip().splitlines() or [type(e).__name__]
         raise UserError(f"{path}: {what} does not fit this model ({detail[-1].strip()}). "
                         "Were the sizes (--nz, --ngf, --ndf, --dataset) different?") from None
+    if not all(t.isfinite().all() for t in state.values() if torch.is_tensor(t) and t.is_floating_point()):
+        raise UserError(f"{path}: the weights of {what} are not finite (NaN or infinite): the run that "
+                        "wrote them had diverged; use an earlier checkpoint")
 
 
 # --- Pictures ----------------------------------------------------------------------------------
@@ -869,6 +974,11 @@ def save_generated(out, n, batches, nrow=None):
     holds one batch at a time at any n; a larger earlier run's images past n are removed (so the
     folder is these n, for evaluate.py too). Returns where they went."""
     make_folder(out)
+    with locked(out):  # not into the folder of a run that is writing there
+        return _save_generated(out, n, batches, nrow)
+
+
+def _save_generated(out, n, batches, nrow):
     if n <= GRID_MAX:
         path = os.path.join(out, "generated.png")
         save_grid(torch.cat(list(batches)), path, nrow=nrow or math.ceil(math.sqrt(n)))

@@ -163,16 +163,17 @@ def torchrun_cmd(dump, jobs, nproc=2):
             str(nproc), os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
 
 
-def ctrl_c(cmd, env=None):
+def ctrl_c(cmd, env=None, sig=signal.SIGINT):
     """Start cmd in its own session, press Ctrl-C once its log shows iteration 2 (SIGINT to the
-    process group, as a terminal sends it); returns (exit status, stdout, stderr)."""
+    process group, as a terminal sends it; or sig, e.g. a scheduler's SIGTERM to the job);
+    returns (exit status, stdout, stderr)."""
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     before = []
     for line in p.stdout:  # wait until training runs (if it never does, the caller sees why)
         before.append(line)
         if line.startswith("[0/5][2/"):
-            os.killpg(p.pid, signal.SIGINT)
+            os.killpg(p.pid, sig)
             break
     stdout, stderr = p.communicate(timeout=120)
     return p.returncode, "".join(before) + stdout, stderr

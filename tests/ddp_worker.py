@@ -8,7 +8,9 @@ with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a r
 lands there and the test sees which process wrote what; after its main() returns (or raises
 a UserError, whose message is then the status), the parameters of the models the script wrapped
 and the process group's backend go to DUMP/NAME/rank<r>.pt, so the test can compare the
-processes' copies. In the job named "nan_on_rank1", rank 1 alone logs a NaN loss.
+processes' copies. In the job named "nan_on_rank1", rank 1 alone logs a NaN loss. The first
+job sets the process group's backend for all (Gloo on the CPU, NCCL on CUDA): one torchrun start
+runs jobs of one kind of device.
 """
 import importlib
 import json

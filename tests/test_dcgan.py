@@ -2,8 +2,10 @@
 import argparse
 import errno
 import io
+import multiprocessing
 import os
 import runpy
+import shlex
 import subprocess
 import shutil
 import signal
@@ -133,7 +135,8 @@ def test_resume_keeps_the_runs_settings(tmp_path):
 def test_a_checkpoint_from_a_gpu_machine_resumes_on_this_one(tmp_path):
     out = train(tmp_path / "run", "--max-steps", 2)
     ckpt = load(out / "checkpoint.pt")
-    ckpt["args"]["device"] = "cuda"  # as written by a run with --device cuda
+    ckpt["args"]["device"] = "cuda"  # as written by a run with --device cuda, with CUDA's random state
+    ckpt["rng"]["device_type"], ckpt["rng"]["device"] = "cuda", torch.zeros(16, dtype=torch.uint8)
     torch.save(ckpt, out / "checkpoint.pt")
     # --device is the machine's, not the run's: auto here, whatever the checkpoint says
     assert dcgan.main(["--resume", str(out / "checkpoint.pt"), "--max-steps", "3"]) == 0
@@ -156,25 +159,68 @@ def test_a_new_run_does_not_overwrite_a_checkpoint(tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+HOLD_LOCK = """import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.write(str(os.getpid()))
+f.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl's flock is POSIX")
 def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path):
     """Another live process holds the folder's lock (a run that has not written a checkpoint
-    yet): a second run must not start there, nor delete that run's snapshots."""
+    yet): a second run must not start there, nor delete that run's snapshots. Once that process
+    has ended, however it ended, the system has let go of its lock."""
+    ckpt = train(tmp_path / "earlier", "--max-steps", 1) / "checkpoint.pt"
     out = tmp_path / "run"
     out.mkdir()
     (out / "fake_samples_000000.png").write_bytes(b"the other run's")
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".lock").write_text(str(other.pid))
+        assert other.stdout.readline() == "locked\n"
         msg = error_of(TINY + ["--out", str(out), "--max-steps", "2"])
+        gen = error_of(["--generate", "4", "--checkpoint", str(ckpt), "--out", str(out)])
     finally:
         other.kill()
         other.wait()
     assert f"{out} is in use by another run (process {other.pid})" in msg
+    assert sorted(os.listdir(out)) == [".lock", "fake_samples_000000.png"]  # nothing written
     assert (out / "fake_samples_000000.png").read_bytes() == b"the other run's"
-    # once that process has ended, its lock is stale: the next run takes it over, and lets go
-    # of its own at the end
+    assert f"{out} is in use by another run" in gen  # --generate writes there too
+    # killed, it still names itself in .lock, a PID the system may give another process: no matter
+    (out / ".lock").write_text(str(os.getpid()))
     train(out, "--max-steps", 2)
     assert not (out / ".lock").exists() and (out / "checkpoint.pt").exists()
+
+
+def lock_racer(out, barrier, results):
+    barrier.wait()
+    try:
+        common._lock(out)
+        results.put("held")
+    except common.UserError:
+        results.put("refused")
+    barrier.wait()  # hold it until every racer has tried
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_one_of_eight_racing_runs_takes_the_folder(tmp_path):
+    """Eight processes try to lock one folder at the same moment, five times: one holds it."""
+    context = multiprocessing.get_context("fork")
+    for trial in range(5):
+        out = tmp_path / str(trial)
+        out.mkdir()
+        barrier, results = context.Barrier(8), context.Queue()
+        racers = [context.Process(target=lock_racer, args=(str(out), barrier, results)) for _ in range(8)]
+        for p in racers:
+            p.start()
+        outcomes = sorted(results.get(timeout=60) for _ in racers)
+        for p in racers:
+            p.join(timeout=60)
+        assert outcomes == ["held"] + ["refused"] * 7, trial
 
 
 def test_resume_into_another_runs_folder_is_refused(tmp_path):
@@ -219,13 +265,21 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partial_file(tmp_pa
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
+FORWARDING = """import signal, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGINT, lambda signum, frame: child.send_signal(signal.SIGINT))
+sys.exit(child.wait())
+"""  # a launcher that passes a Ctrl-C on, as torchrun's agent does: its child gets two
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
 def test_ctrl_c_finishes_the_iteration_and_saves_everything(tmp_path, device):
-    """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers on."""
+    """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers
+    on, through a launcher that forwards it: one press, though it arrives twice, saves."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "02_dcgan.py", "--dataset", "fake", "--ngf", "8", "--ndf", "8",
-           "--batch-size", "8", "--workers", "2", "--log-every", "1", "--out", str(out),
-           "--device", device]
+    cmd = [sys.executable, "-c", FORWARDING, sys.executable, "02_dcgan.py", "--dataset", "fake",
+           "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "2", "--log-every", "1",
+           "--out", str(out), "--device", device]
     returncode, stdout, stderr = ctrl_c(cmd)
     assert returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stdout
@@ -248,10 +302,13 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch, capsys):
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(common.Run, "append", append_then_sigterm)
-    out = tmp_path / "run"
+    out = tmp_path / "my run"  # a space: the resume line must still paste as one path
     assert dcgan.main(TINY + ["--out", str(out), "--epochs", "50"]) == 130
     assert load(out / "checkpoint.pt")["iters"] == 2 and len(read_csv(out / "losses.csv")) == 2
-    assert "Stopped by SIGTERM after 2 iterations" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "Stopped by SIGTERM after 2 iterations" in log
+    resume = log.split("Go on with: ")[1].splitlines()[0]
+    assert shlex.split(resume) == ["python", "02_dcgan.py", "--resume", str(out / "checkpoint.pt")]
 
 
 # --------------------------------------------------------------------------------------------

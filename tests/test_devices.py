@@ -114,21 +114,23 @@ def test_the_loop_never_waits_for_the_device_between_log_lines(tmp_path, monkeyp
     """Iteration 0 logs and takes a snapshot (it may wait, as it should), iteration 7 ends in a
     checkpoint; from run.append of iteration 1 to that of iteration 6 the loop must not make the
     host wait once. On CUDA torch.cuda.set_sync_debug_mode("error") raises at any host sync;
-    elsewhere the calls that read a tensor's value (.item(), .tolist(), bool(), ...) raise when
-    the scripts or common.py make them."""
+    elsewhere the calls that read a tensor's value (.item(), .tolist(), bool(), an f-string, a
+    nonzero(), ...) raise when the scripts or common.py make them."""
     window, seen = [False], []
     if device == "cuda":
         guard = lambda on: torch.cuda.set_sync_debug_mode("error" if on else 0)
     else:
         guard = lambda on: window.__setitem__(0, on)
         ours = {f"{ROOT}/{name}.py" for name in (*TINY, "common")}
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
-            def spy(self, *a, _original=getattr(torch.Tensor, name), _name=name, **k):
-                if window[0] and sys._getframe(1).f_code.co_filename in ours:
-                    raise HostSync(f"Tensor.{_name} at {sys._getframe(1).f_code.co_filename}:"
-                                   f"{sys._getframe(1).f_lineno}")
-                return _original(self, *a, **k)
-            monkeypatch.setattr(torch.Tensor, name, spy)
+        reads = [(torch.Tensor, name) for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__",
+                 "__int__", "__index__", "__format__", "__repr__", "__str__", "nonzero", "unique", "masked_select")]
+        for owner, name in reads + [(torch, name) for name in ("nonzero", "unique", "masked_select")]:
+            def spy(*a, _original=getattr(owner, name), _name=name, **k):
+                caller = sys._getframe(1)
+                if window[0] and caller.f_code.co_filename in ours:
+                    raise HostSync(f"{_name} at {caller.f_code.co_filename}:{caller.f_lineno}")
+                return _original(*a, **k)
+            monkeypatch.setattr(owner, name, spy)
     append = common.Run.append
 
     def guarded(self, **values):

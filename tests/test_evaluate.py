@@ -31,14 +31,15 @@ def tiny_run(main, out, dataroot, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, device):
     """A dataroot with the classifier of --dataset fake in it, trained once for the module, and
-    a tiny run of 01 on that data."""
+    a tiny run of 01 on that data (on --device: a module's fixture comes before
+    scripts_on_the_device)."""
     root = tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(common, "FAKE_SIZE", 32)  # (small_fake_data's, for this module-wide fixture)
-        assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(root)]) == 0
-        ckpt = tiny_run(mlp.main, root / "r", root)
+        assert evaluate.main(["--train", "--dataset", "fake", "--dataroot", str(root), "--device", device]) == 0
+        ckpt = tiny_run(mlp.main, root / "r", root, "--device", device)
     return root, ckpt
 
 

@@ -1,0 +1,255 @@
+"""What a hostile user does to a run: a full disk, signals at the wrong moment, damaged and
+hand-made files, absurd flags. Each must end in one clear line with the right exit status (130
+for a signal, 1 or 2 for bad input), no traceback, no temporary file, the last checkpoint as
+it was."""
+import contextlib
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+from conftest import ctrl_c, load, load_script, make_images, read_csv, usage_error, user_error
+
+dcgan = load_script("02_dcgan")
+TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
+
+
+def error_of(argv, script=dcgan):
+    return user_error(script.main, argv)
+
+
+def train(out, *extra):
+    assert dcgan.main(TINY + ["--out", str(out), *map(str, extra)]) == 0
+    return out
+
+
+def temporary_files(folder):
+    return glob.glob(os.path.join(folder, "**", "*.tmp*"), recursive=True)
+
+
+# --- Saving and signals ------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB filesystem (a tmpfs), where this machine lets the tests mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_keeps_the_checkpoint_and_leaves_no_partial_file(small_disk):
+    path = small_disk / "checkpoint.pt"
+    common.save_checkpoint({"iters": 1}, str(path))
+    before = path.read_bytes()
+    # torch's zip writer, not the OS, reports this one ("unexpected pos ...")
+    with pytest.raises(common.UserError, match=f"no space left on the disk of {small_disk} "
+                                               r"\(checkpoint.pt as it was before is kept\)"):
+        common.save_checkpoint({"w": torch.zeros(2**19)}, str(path))  # 2 MB
+    assert path.read_bytes() == before and os.listdir(small_disk) == ["checkpoint.pt"]
+    # a whole run there: one line, whatever file the disk refuses first
+    msg = error_of(TINY + ["--out", str(small_disk / "run"), "--max-steps", "2"])
+    assert msg.startswith("error: ") and "space left" in msg.lower() and "\n" not in msg
+    assert temporary_files(small_disk) == []
+
+
+def test_a_second_ctrl_c_during_the_write_quits_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    out = train(tmp_path / "run", "--max-steps", 2)
+    before = (out / "checkpoint.pt").read_bytes()
+    real_open = open
+
+    class SecondCtrlCWhileWriting:  # the file torch.save writes to, with a second Ctrl-C inside
+        def __init__(self, path, mode):
+            self.f = real_open(path, mode)
+
+        def write(self, b):
+            run = common._RUN
+            run.interrupted, run._interrupted_at = "Ctrl-C", -1e9  # the first, long ago
+            run._on_signal(signal.SIGINT, None)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(common, "open", lambda path, mode="r", *a, **k: SecondCtrlCWhileWriting(path, mode)
+                        if ".tmp" in str(path) else real_open(path, mode, *a, **k), raising=False)
+    with pytest.raises(SystemExit) as e:
+        common.cli(dcgan.main, ["--resume", str(out / "checkpoint.pt"), "--max-steps", "4"])
+    assert e.value.code == 130 and capsys.readouterr().err.strip().endswith("interrupted")
+    assert (out / "checkpoint.pt").read_bytes() == before and temporary_files(out) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals to a process group are POSIX")
+def test_a_schedulers_sigterm_to_the_whole_job_saves(tmp_path, device):
+    """systemd and SLURM send SIGTERM to every process of the job, DataLoader workers too: they
+    must live on until the main process has finished its iteration and saved."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "02_dcgan.py", *TINY[:-2], "--workers", "2", "--log-every", "1",
+           "--out", str(out), "--device", device]
+    returncode, stdout, stderr = ctrl_c(cmd, sig=signal.SIGTERM)
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr and "Stopped by SIGTERM" in stdout
+    assert load(out / "checkpoint.pt")["iters"] >= 3
+
+
+@contextlib.contextmanager
+def sigterm_fails_the_test():
+    """Without a handler of the run's own, a SIGTERM would end pytest: make it a failure."""
+    def unhandled(signum, frame):
+        raise AssertionError("the SIGTERM reached no handler of the run's")
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("when", ["loading the data", "generating"])
+def test_a_sigterm_before_the_training_loop_quits_cleanly(tmp_path, monkeypatch, capsys, when):
+    ckpt = train(tmp_path / "earlier", "--max-steps", 1) / "checkpoint.pt"
+    sigterm = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
+    if when == "loading the data":
+        monkeypatch.setattr(dcgan, "get_dataset", sigterm)
+        argv = TINY + ["--out", str(tmp_path / "new")]
+    else:
+        monkeypatch.setattr(common, "save_grid", sigterm)
+        argv = ["--generate", "4", "--checkpoint", str(ckpt), "--out", str(tmp_path / "new")]
+    with sigterm_fails_the_test(), pytest.raises(SystemExit) as e:
+        common.cli(dcgan.main, argv)
+    assert e.value.code == 130 and capsys.readouterr().err.strip().endswith("interrupted")
+    assert not (tmp_path / "new" / ".lock").exists()
+
+
+def test_max_steps_ends_the_run_whatever_the_epochs(tmp_path):
+    def hung(signum, frame):
+        raise AssertionError("still running 30 s after --max-steps")
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        out = train(tmp_path / "run", "--max-steps", 2, "--epochs", 10**20)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert load(out / "checkpoint.pt")["iters"] == 2 and (out / "netG.pt").exists()
+
+
+def test_a_run_removes_its_killed_predecessors_temporary_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("checkpoint.pt.tmp4242", "netG.pt.tmp99"):  # kill -9 during a save
+        (out / name).write_bytes(b"half a checkpoint")
+    train(out, "--max-steps", 1)
+    assert temporary_files(out) == []
+
+
+# --- Damaged and hand-made files -----------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"", b"0123456789", bytes(range(256)) * 8])
+def test_a_damaged_mnist_says_which_folder_to_delete(tmp_path, content):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(content)
+    msg = error_of(["--dataset", "mnist", "--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert msg.startswith(f"error: could not read MNIST in {tmp_path / 'MNIST'}")
+    assert f"delete {tmp_path / 'MNIST'}" in msg and "\n" not in msg
+
+
+def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path):
+    good = load(train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt")
+    cases = {"script only": {"script": "02_dcgan"},
+             "no netD": {k: v for k, v in good.items() if k != "netD"},
+             "netG an int": {**good, "netG": 3},
+             "iters a string": {**good, "iters": "two"},
+             "an optimizer of junk": {**good, "optimizerD": {"state": 1}}}
+    for case, ckpt in cases.items():
+        path = tmp_path / f"{case}.pt"
+        torch.save(ckpt, path)
+        for argv in (["--resume", str(path)], ["--generate", "4", "--checkpoint", str(path)]):
+            if case in ("no netD", "an optimizer of junk") and "--generate" in argv:
+                continue  # (--generate needs netG alone)
+            msg = error_of(argv + ["--out", str(tmp_path / "out")])
+            assert f"{path} is not a complete checkpoint" in msg and "\n" not in msg, (case, argv, msg)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo this ran",))
+
+
+def test_a_malicious_pickle_is_named_for_what_it_is(tmp_path, capfd):
+    good = load(train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt")
+    for name, obj in (("alone.pt", Evil()), ("nested.pt", {**good, "args": {**good["args"], "x": Evil()}}),
+                      ("netG.pt", {"main.0.weight": Evil()})):
+        torch.save(obj, tmp_path / name)
+        for argv in (["--resume", str(tmp_path / name)], ["--generate", "4", "--checkpoint", str(tmp_path / name)]):
+            msg = error_of(argv)
+            assert "Python objects other than tensors" in msg and "could run any code" in msg, msg
+    assert "this ran" not in capfd.readouterr().out
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "alone.pt").read_bytes()[:-40])
+    assert "one cut short" in error_of(["--resume", str(tmp_path / "cut.pt")])
+
+
+def test_a_generator_with_nan_weights_is_refused(tmp_path):
+    out = train(tmp_path / "run", "--max-steps", 1)
+    netG = load(out / "netG.pt")
+    netG["main.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(netG, tmp_path / "nan.pt")
+    msg = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "nan.pt"), "--ngf", "8"])
+    assert "are not finite" in msg and not (tmp_path / "generated.png").exists()
+
+
+def test_a_folder_link_that_loops_is_refused(tmp_path):
+    images = make_images(tmp_path / "celeba" / "img_align_celeba", 3)
+    os.symlink(".", images / "loop")
+    msg = error_of(["--dataroot", str(tmp_path), "--workers", "0", "--out", str(tmp_path / "r")])
+    assert "through a folder link" in msg and "loop" in msg
+
+
+# --- Flags ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script, flags, says", [
+    ("02_dcgan", ["--seed", "1e23"], "--seed: expected a number"),
+    ("02_dcgan", ["--seed", str(2**64 - 1)], "--seed: must be a whole number from 0 to 2**32 - 1"),
+    ("02_dcgan", ["--lr", "1e39"], "--lr: must be a positive number up to 1e30"),
+    ("04_wgan_gp", ["--lr", "1e308"], "--lr: must be a positive number up to 1e30"),
+    ("02_dcgan", ["--checkpoint", "x.pt"], "--checkpoint names what --generate samples from"),
+    ("02_dcgan", ["--generate", "4", "--max-steps", "3"], "--generate does not train"),
+])
+def test_flags_past_what_the_run_can_honour(capsys, script, flags, says):
+    assert says in usage_error(load_script(script).main, flags, capsys)
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("02_dcgan", ["--nz", "1000000000"]),
+    ("03_cgan", ["--ngf", "100000000"]),
+    ("04_wgan_gp", ["--nz", "1000000000"]),
+])
+def test_models_too_large_for_the_memory(tmp_path, script, flags):
+    msg = error_of(["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--out", str(tmp_path),
+                    *flags], load_script(script))
+    assert msg.startswith("error: too large for this machine's memory") and "\n" not in msg
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--batch-size", "1"], "--batch-size 1: G's BatchNorm1d needs at least 2 images a batch"),
+    (["--clip", "0.01", "--lambda-gp", "5"], "--clip replaces the gradient penalty"),
+    (["--image-size", "40000"], "at most 256"),  # (its fake data alone would fill the memory)
+])
+def test_wgan_flags_it_cannot_honour(tmp_path, flags, says):
+    msg = error_of(["--dataset", "fake", "--workers", "0", "--out", str(tmp_path), *flags],
+                   load_script("04_wgan_gp"))
+    assert says in msg
