@@ -233,10 +233,10 @@ def test_flags_past_what_the_run_can_honour(capsys, script, flags, says):
     assert says in usage_error(load_script(script).main, flags, capsys)
 
 
-@pytest.mark.parametrize("script, flags", [
-    ("02_dcgan", ["--nz", "1000000000"]),
-    ("03_cgan", ["--ngf", "100000000"]),
-    ("04_wgan_gp", ["--nz", "1000000000"]),
+@pytest.mark.parametrize("script, flags", [  # first layers of petabytes: past any address space,
+    ("02_dcgan", ["--nz", str(10**12)]),       # so no system can pretend to allocate them
+    ("03_cgan", ["--ngf", str(10**11)]),
+    ("04_wgan_gp", ["--nz", str(10**12)]),
 ])
 def test_models_too_large_for_the_memory(tmp_path, script, flags):
     msg = error_of(["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--out", str(tmp_path),
