@@ -8,13 +8,17 @@ Each measurement runs the script itself (its main(), so its own loop) on --datas
 is kept in memory, at the script's default batch size and network sizes, for 7 iterations: the
 first 2 warm up (allocations, oneDNN or cuDNN picking algorithms), the median of the other 5 is
 reported. An iteration is timed from one run.append() to the next (every script calls it
-once per iteration), after a device synchronize on CUDA so that the GPU's time is counted.
+once per iteration), after waiting for the device (CUDA and MPS queue their work and return at
+once: unsynchronised, the times would be the queue's).
 
 "NCHW" runs the scripts with their channels_last lines turned into no-ops (torch.channels_last
 is replaced by torch.contiguous_format while that row runs). "--amp" is the flag as a user gets
 it: where bfloat16 is not native it trains in fp32 and the table says so; --force-bf16 runs
-autocast anyway, to show what emulated bfloat16 costs. Each cell also gives images per second
-(the real images an iteration takes: 04 takes n_critic = 5 batches of 64).
+autocast anyway, to show what emulated bfloat16 costs. "fp32" is torch's default precision: on
+NVIDIA GPUs from Ampere (8.0) on, that runs cuDNN's convolutions in TF32, as in the scripts, and
+the table says so. Each cell also gives images per second (the real images an iteration takes:
+04 takes n_critic = 5 batches of 64). --batch-size N runs every script and the bare loop at batch
+N instead (benchmarks/gpu_check.sh cpu: a quick try of this benchmark on a CPU).
 
 Below the table, 02 at the chapter's settings beside a bare loop of the same models and math
 (no data loading, logging, snapshots or checkpoints): what the script itself costs. On CUDA
@@ -45,6 +49,11 @@ CONV = {"02_dcgan", "03_cgan", "04_wgan_gp"}  # the ones with channels_last and 
 WARMUP, TIMED = 2, 5
 
 
+def synchronize(device):
+    """Wait until the device has done all its queued work (torch.cpu's, always done: a no-op)."""
+    getattr(torch, torch.device(device).type).synchronize()
+
+
 def step_times(script, device, extra=(), nchw=False, force_bf16=False):
     """Seconds of each of the WARMUP + TIMED iterations of one run of the script."""
     stamps = []
@@ -52,8 +61,7 @@ def step_times(script, device, extra=(), nchw=False, force_bf16=False):
 
     def timed_append(self, **values):
         append(self, **values)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(device)
         stamps.append(time.perf_counter())
 
     saved = torch.channels_last, common._native_bf16
@@ -79,10 +87,11 @@ def median_step(*args, **kw):
     return statistics.median(step_times(*args, **kw)[WARMUP:])
 
 
-IMAGES = {"01_mlp_gan": 100, "02_dcgan": 128, "03_cgan": 128, "04_wgan_gp": 64 * 5}  # real images an iteration
+BATCH = {"01_mlp_gan": 100, "02_dcgan": 128, "03_cgan": 128, "04_wgan_gp": 64}  # their defaults
+BATCHES = {"04_wgan_gp": 5}  # batches an iteration takes (04's n_critic); the others, 1
 
 
-def bare_step(device, ngf=64, amp=False, compiled=False):
+def bare_step(device, ngf=64, amp=False, compiled=False, batch=128):
     """Median seconds of an iteration of 02's models and math with no script around them: the
     chapter's loop body on one random batch already on the device, channels_last, no data
     loading, logging, snapshots or checkpoints."""
@@ -99,14 +108,14 @@ def bare_step(device, ngf=64, amp=False, compiled=False):
     criterion = torch.nn.BCELoss()
     optimizerD = torch.optim.Adam(netD.parameters(), lr=0.0002, betas=(0.5, 0.999))
     optimizerG = torch.optim.Adam(netG.parameters(), lr=0.0002, betas=(0.5, 0.999))
-    real = torch.randn(128, 3, 64, 64, device=dev).contiguous(memory_format=torch.channels_last)
+    real = torch.randn(batch, 3, 64, 64, device=dev).contiguous(memory_format=torch.channels_last)
     times = []
     for _ in range(WARMUP + TIMED):
         start = time.perf_counter()
         netD.zero_grad()
-        label = torch.full((128,), 1.0, device=dev)
+        label = torch.full((batch,), 1.0, device=dev)
         criterion(netD(real).view(-1), label).backward()
-        fake = netG(torch.randn(128, 100, 1, 1, device=dev))
+        fake = netG(torch.randn(batch, 100, 1, 1, device=dev))
         label.fill_(0.0)
         criterion(netD(fake.detach()).view(-1), label).backward()
         optimizerD.step()
@@ -114,8 +123,7 @@ def bare_step(device, ngf=64, amp=False, compiled=False):
         label.fill_(1.0)
         criterion(netD(fake).view(-1), label).backward()
         optimizerG.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)
         times.append(time.perf_counter() - start)
     return statistics.median(times[WARMUP:])
 
@@ -134,27 +142,33 @@ def main():
                    help="also 02 at §12.4.6's ngf = ndf = 128 (default: on CUDA only; 4x the time)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="also the bare loop with torch.compile of G and D (default: on CUDA only)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="every script and the bare loop at "
+                   "batch N (default: the scripts' own)")
     p.add_argument("--force-bf16", action="store_true",
                    help="a column with autocast to bfloat16 even where it is not native")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
     native = common._native_bf16(torch.device(args.device))
 
-    rows = [(s, s, []) for s in args.scripts.split(",")]
+    size = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    rows = [(s, s, size) for s in args.scripts.split(",")]
     if args.ngf128 or (args.ngf128 is None and cuda):
-        rows.append(("02_dcgan (ngf = ndf = 128)", "02_dcgan", ["--ngf", "128", "--ndf", "128"]))
+        rows.append(("02_dcgan (ngf = ndf = 128)", "02_dcgan", [*size, "--ngf", "128", "--ndf", "128"]))
     if args.mnist:  # a real dataset as the last flag wins over --dataset fake
-        rows.append(("02_dcgan (MNIST 1x64x64)", "02_dcgan", ["--dataset", "mnist", "--dataroot", args.mnist]))
+        rows.append(("02_dcgan (MNIST 1x64x64)", "02_dcgan", [*size, "--dataset", "mnist", "--dataroot", args.mnist]))
     cols = ["fp32 NCHW", "fp32 channels_last", "--amp" if native else "--amp (no bf16 here: fp32)"]
     if args.force_bf16:
         cols.append("bf16 forced")
     where = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(f"# {where}, device {args.device}, torch {torch.__version__}; median of {TIMED} iterations "
-          f"after {WARMUP} warm-up; img/s: real images an iteration takes (04: 5 batches of 64)")
+          f"after {WARMUP} warm-up; img/s: real images an iteration takes (04: 5 batches)")
+    if cuda and torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability()[0] >= 8:
+        print("# fp32 here: the convolutions run in TF32 (10-bit mantissa) on this GPU's tensor cores, "
+              "torch's default (torch.backends.cudnn.allow_tf32), which the scripts keep")
     print("| script | " + " | ".join(cols) + " |")
     print("| --- |" + " --- |" * len(cols))
     for name, script, extra in rows:
-        n = IMAGES[script]
+        n = (args.batch_size or BATCH[script]) * BATCHES.get(script, 1)
         if script not in CONV:
             cells = [cell(median_step(script, args.device, extra), n), "(no convolutions)",
                      "(no --amp: MLP)"] + (["-"] if args.force_bf16 else [])
@@ -170,17 +184,19 @@ def main():
     if "02_dcgan" not in args.scripts.split(","):
         return
     # What the script costs beyond its models and math: the same step, bare
-    print("\n| 02 at the chapter's settings (batch 128, 3x64x64), channels_last | fp32 | --amp |")
+    b = args.batch_size or 128
+    print(f"\n| 02, batch {b}, 3x64x64, channels_last | fp32 | --amp |")
     print("| --- | --- | --- |")
-    script = [median_step("02_dcgan", args.device, []), median_step("02_dcgan", args.device, ["--amp"])]
-    bare = [bare_step(args.device), bare_step(args.device, amp=native)]
-    print(f"| the script | {cell(script[0], 128)} | {cell(script[1], 128)} |")
-    print(f"| bare loop, same models and math | {cell(bare[0], 128, script[0])} | "
-          f"{cell(bare[1], 128, script[1])} |", flush=True)
+    script = [median_step("02_dcgan", args.device, size), median_step("02_dcgan", args.device, [*size, "--amp"])]
+    bare = [bare_step(args.device, batch=b), bare_step(args.device, amp=native, batch=b)]
+    print(f"| the script | {cell(script[0], b)} | {cell(script[1], b)} |")
+    print(f"| bare loop, same models and math | {cell(bare[0], b, script[0])} | "
+          f"{cell(bare[1], b, script[1])} |", flush=True)
     if args.compile or (args.compile is None and cuda):
-        compiled = [bare_step(args.device, compiled=True), bare_step(args.device, amp=native, compiled=True)]
-        print(f"| bare loop, torch.compile of G and D | {cell(compiled[0], 128, bare[0])} | "
-              f"{cell(compiled[1], 128, bare[1])} |")
+        compiled = [bare_step(args.device, compiled=True, batch=b),
+                    bare_step(args.device, amp=native, compiled=True, batch=b)]
+        print(f"| bare loop, torch.compile of G and D | {cell(compiled[0], b, bare[0])} | "
+              f"{cell(compiled[1], b, bare[1])} |")
 
 
 if __name__ == "__main__":

@@ -20,22 +20,26 @@ CONV = {  # script: tiny flags
 }
 
 
-def tiny_models(name):
-    """(netG, netD, G's inputs, a real batch and D's extra inputs) of a conv script."""
+def tiny_models(name, device):
+    """(netG, netD, G's inputs, a real batch and D's extra inputs) of a conv script, on device
+    (drawn on the CPU, so the same numbers on every device)."""
     torch.manual_seed(0)
     m = load_script(name)
     if name == "02_dcgan":
         netG, netD = m.Generator(16, 8, 3), m.Discriminator(3, 8)
         netG.apply(m.weights_init), netD.apply(m.weights_init)
-        return netG, netD, (torch.randn(4, 16, 1, 1),), torch.randn(4, 3, 64, 64), ()
-    if name == "03_cgan":
+        g_in, real, d_extra = (torch.randn(4, 16, 1, 1),), torch.randn(4, 3, 64, 64), ()
+    elif name == "03_cgan":
         netG, netD = m.Generator(16, 8, 1, 10), m.Discriminator(1, 8, 10)
         netG.apply(m.weights_init), netD.apply(m.weights_init)
         onehot, fill = m.label_tables(10, 32, torch.device("cpu"))
         y = torch.tensor([1, 7, 3, 3])
-        return netG, netD, (torch.randn(4, 16, 1, 1), onehot[y]), torch.randn(4, 1, 32, 32), (fill[y],)
-    netG, netD = m.Generator(16, 1, 28), m.Critic(1, 28)
-    return netG, netD, (torch.randn(4, 16),), torch.randn(4, 1, 28, 28), ()
+        g_in, real, d_extra = (torch.randn(4, 16, 1, 1), onehot[y]), torch.randn(4, 1, 32, 32), (fill[y],)
+    else:
+        netG, netD = m.Generator(16, 1, 28), m.Critic(1, 28)
+        g_in, real, d_extra = (torch.randn(4, 16),), torch.randn(4, 1, 28, 28), ()
+    on = lambda tensors: tuple(t.to(device) for t in tensors)
+    return netG.to(device), netD.to(device), on(g_in), real.to(device), on(d_extra)
 
 
 def forward_backward(netG, netD, g_in, real, d_extra):
@@ -47,8 +51,16 @@ def forward_backward(netG, netD, g_in, real, d_extra):
 
 
 @pytest.mark.parametrize("name", CONV)
-def test_channels_last_computes_the_same_numbers(name):
-    netG, netD, g_in, real, d_extra = tiny_models(name)
+def test_channels_last_computes_the_same_numbers(name, device, monkeypatch):
+    # Both layouts on the same device (oneDNN on the CPU, cuDNN on CUDA) in true float32, so
+    # they differ by the order of the sums only (up to 7e-6 of the scale on this project's CPU),
+    # while a layout bug (a channel read from the wrong place) is as large as the numbers. On
+    # CUDA, torch's default TF32 would round each product to 10 bits, differently for each
+    # layout's algorithm (about 1e-3), and benchmark mode, left on by an earlier script run in
+    # this process, would pick the algorithms by timing, anew in each process.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    netG, netD, g_in, real, d_extra = tiny_models(name, device)
     G2, D2 = copy.deepcopy(netG), copy.deepcopy(netD)
     out, grads = forward_backward(netG, netD, g_in, real, d_extra)
     G2, D2 = G2.to(memory_format=torch.channels_last), D2.to(memory_format=torch.channels_last)
