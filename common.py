@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import types
+import urllib.request
 import zipfile
 
 try:
@@ -295,17 +296,40 @@ def load_dataset(name, dataroot, transform, image_shape, train=True, n=None):
     except (RuntimeError, OSError, ValueError, AssertionError, EOFError, IndexError) as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
-        parsing = not isinstance(e, OSError)  # torchvision reading a file, not fetching one
-        if parsing and not (isinstance(e, RuntimeError) and any(w in str(e) for w in ("download", "not found"))):
+        # What failed, by what is on disk now, not by torchvision's wording: with every file
+        # there, reading one; else fetching one, and then the network's own reason (torchvision
+        # 0.16 prints it and raises a bare "Error downloading")
+        if not isinstance(e, OSError) and _downloaded(cls, folder):
             raise UserError(f"could not read {cls.__name__} in {folder}: {reason}. A file there is "
                             f"damaged or cut short: delete {folder} to download it again, or put "
                             "good copies there") from None
+        url = cls.mirrors[0] + cls.resources[0][0] if hasattr(cls, "mirrors") else cls.url
+        reason = _unreachable(url) or reason
         raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
                                              files=IDX_FILES.format(cls.__name__) if name != "cifar10" else
                                              "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/")) from None
     if ranked and not later:
         dist.barrier(group=_GROUP)
     return in_memory(dataset, n) if name in IN_MEMORY else dataset
+
+
+def _downloaded(cls, folder):
+    """Whether the files torchvision reads for cls are all in folder (the MNISTs' raw/ unpacked,
+    or CIFAR-10's batches)."""
+    if hasattr(cls, "resources"):
+        names = [os.path.join("raw", os.path.splitext(f)[0]) for f, _ in cls.resources]
+    else:
+        names = [f for f, _ in cls.train_list + cls.test_list]
+    return all(os.path.isfile(os.path.join(folder, f)) for f in names)
+
+
+def _unreachable(url):
+    """Why url cannot be fetched, in the network's words, or None where it can."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10).close()
+    except (OSError, ValueError) as e:
+        return str(getattr(e, "reason", e))
+    return None
 
 
 def in_memory(dataset, n=None):

@@ -8,13 +8,14 @@ import csv
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,6 +36,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only(reason): a test that means something on the CPU only")
     config.addinivalue_line("markers", "cuda_only: a test that means something on CUDA only")
     config.addinivalue_line("markers", "plots: a test that draws losses.png (elsewhere runs skip it)")
+    config.addinivalue_line("markers", "gif: a test that looks at progress.gif (elsewhere runs skip it)")
     device = config.getoption("--device")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.exit(f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this machine",
@@ -89,10 +91,25 @@ def small_fake_data(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def no_loss_plot(request, monkeypatch):
-    """matplotlib takes about 0.08 s to draw losses.png, 5 s over the suite's runs: only the
-    tests marked plots, which look at it, draw it."""
+    """matplotlib takes about 0.08 s to draw losses.png, 5 s over the suite's runs, and GIF's
+    palette per frame 0.04 s a progress.gif: only the tests marked plots (or gif), which look
+    at it, draw it."""
     if not request.node.get_closest_marker("plots"):
         monkeypatch.setattr(common, "plot_losses", lambda curves, title, path: None)
+    if not request.node.get_closest_marker("gif"):
+        monkeypatch.setattr(common, "write_gif", lambda out, path: None)
+
+
+@pytest.fixture(autouse=True)
+def fast_pngs(monkeypatch):
+    """PNGs written at zlib's fastest level: the same images, and a third of a tiny run's time
+    less (the grids, snapshots and real_vs_fake.png of every run, at the default level 6)."""
+    save = PngImagePlugin._save
+
+    def fastest(im, fp, filename, *args, **kwargs):
+        im.encoderinfo.setdefault("compress_level", 1)
+        return save(im, fp, filename, *args, **kwargs)
+    monkeypatch.setitem(Image.SAVE, "PNG", fastest)
 
 
 def make_images(folder, n, size=(72, 88), ext="jpg"):
@@ -163,17 +180,23 @@ def torchrun_cmd(dump, jobs, nproc=2):
             str(nproc), os.path.join(ROOT, "tests", "ddp_worker.py"), str(dump), json.dumps(jobs)]
 
 
-def ctrl_c(cmd, env=None, sig=signal.SIGINT):
-    """Start cmd in its own session, press Ctrl-C once its log shows iteration 2 (SIGINT to the
-    process group, as a terminal sends it; or sig, e.g. a scheduler's SIGTERM to the job);
-    returns (exit status, stdout, stderr)."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
+def signal_at_iteration_2(runs, env=None):
+    """Start each (cmd, signal) in its own session, all at once (their start-up, most of it
+    importing torch, overlaps on two cores), and send each its signal once its log shows
+    iteration 2, to its process group, as a terminal sends Ctrl-C or a scheduler SIGTERM to a
+    job. Returns [(exit status, stdout, stderr)] in order; a run that never trains shows why."""
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for cmd, _ in runs]
     before = []
-    for line in p.stdout:  # wait until training runs (if it never does, the caller sees why)
-        before.append(line)
-        if line.startswith("[0/5][2/"):
-            os.killpg(p.pid, sig)
-            break
-    stdout, stderr = p.communicate(timeout=120)
-    return p.returncode, "".join(before) + stdout, stderr
+    for p, (_, sig) in zip(procs, runs):
+        before.append([])
+        for line in p.stdout:
+            before[-1].append(line)
+            if re.match(r"\[0/\d+\]\[2/", line):
+                os.killpg(p.pid, sig)
+                break
+    results = []
+    for p, lines in zip(procs, before):
+        stdout, stderr = p.communicate(timeout=120)
+        results.append((p.returncode, "".join(lines) + stdout, stderr))
+    return results

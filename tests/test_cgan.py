@@ -21,6 +21,7 @@ def error_of(argv):
     return user_error(cgan.main, argv)
 
 
+@pytest.mark.gif
 def test_a_run_writes_every_output(tmp_path, capsys):
     out = train(tmp_path / "run", "--epochs", 2, "--sample-every", 3, "--log-every", 2)
     log = capsys.readouterr().out

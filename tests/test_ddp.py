@@ -1,16 +1,19 @@
-"""torchrun: two CPU processes (Gloo) for each script, started as a user starts them.
+"""torchrun: two CPU processes (Gloo) for each script, started as a user starts them; and the
+other runs that need processes of their own, stopped by a real signal: Ctrl-C through a
+launcher that forwards it, a scheduler's SIGTERM to the whole job. All start at once.
 
-Each run goes through tests/ddp_worker.py, which keeps each rank's files apart and saves its
-copy of the parameters, so that "rank 0 alone writes" and "the copies stay identical" are checked
-on what the processes really did.
+Each torchrun job goes through tests/ddp_worker.py, which keeps each rank's files apart and
+saves its copy of the parameters, so that "rank 0 alone writes" and "the copies stay identical"
+are checked on what the processes really did.
 """
 import os
+import signal
 import sys
 
 import pytest
 import torch
 
-from conftest import ctrl_c, load, load_script, read_csv, torchrun_cmd
+from conftest import load, load_script, make_images, read_csv, signal_at_iteration_2, torchrun_cmd
 
 import common
 
@@ -30,11 +33,23 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 CTRL_C = [*FLAGS[:-4], "--log-every", "1", "--out", "run", "--ngf", "8", "--ndf", "8"]
 
 
+FORWARDING = """import signal, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGINT, lambda signum, frame: child.send_signal(signal.SIGINT))
+sys.exit(child.wait())
+"""  # a launcher that passes a Ctrl-C on, as torchrun's agent does: its child gets two
+ALONE = ["--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "2", "--log-every", "1",
+         "--epochs", "1000"]  # (until the signal comes: a full pipe makes a run wait for it)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One torchrun start for all the jobs (starting torch is most of the time): the four
-    scripts from scratch, 02 resuming a checkpoint that one process wrote, 02 diverging in one
-    process, and last a run of 1000 images, long enough to press Ctrl-C while it trains."""
+def started(tmp_path_factory, device):
+    """Everything that runs in new processes, started at once (starting torch is most of the
+    time, and the starts overlap on two cores), each stopped by its signal at iteration 2:
+    torchrun with its jobs (the four scripts from scratch, 02 resuming a checkpoint that one
+    process wrote, 02 diverging in one process, and last a run of 200 images, long enough to
+    press Ctrl-C while it trains); and 02 alone, on images its workers read from disk, with a
+    Ctrl-C through a forwarding launcher, and with SIGTERM to every process of the job."""
     dump = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(common, "FAKE_SIZE", 32)
@@ -46,8 +61,19 @@ def runs(tmp_path_factory):
                                         "--max-steps", "4"], 32])
     jobs.append(["nan_on_rank1", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--log-every", "1",
                                               "--out", "run"], 32])
-    jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 1000])
-    _, stdout, stderr = ctrl_c(torchrun_cmd(dump, jobs), ENV)
+    jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 200])
+    make_images(dump / "celeba" / "img_align_celeba", 64)
+    alone = [sys.executable, "02_dcgan.py", *ALONE, "--dataroot", str(dump), "--device", device, "--out"]
+    results = signal_at_iteration_2([
+        ([sys.executable, "-c", FORWARDING, *alone, str(dump / "ctrl_c_alone")], signal.SIGINT),
+        ([*alone, str(dump / "sigterm")], signal.SIGTERM),
+        (torchrun_cmd(dump, jobs), signal.SIGINT)], env=ENV)  # (its Ctrl-C job comes last)
+    return dump, results
+
+
+@pytest.fixture(scope="module")
+def runs(started):
+    dump, [_, _, (_, stdout, stderr)] = started
     assert "Go on with" in stdout, stdout + stderr
     return dump, stdout
 
@@ -118,6 +144,29 @@ def test_ctrl_c_stops_both_processes_at_the_same_iteration(runs):
     assert len(read_csv(dump / "ctrl_c" / "rank0" / "run" / "losses.csv")) == ckpt["iters"]
     for name, value in ranks[1]["params"][0].items():
         assert torch.equal(value, ranks[0]["params"][0][name])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
+def test_ctrl_c_finishes_the_iteration_and_saves_everything(started):
+    """A real Ctrl-C (SIGINT to the process group, as a terminal sends it), DataLoader workers
+    on, through a launcher that forwards it: one press, though it arrives twice, saves."""
+    dump, [(returncode, stdout, stderr), _, _] = started
+    out = dump / "ctrl_c_alone"
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stdout
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["iters"] >= 3 and len(read_csv(out / "losses.csv")) == ckpt["iters"]
+    assert (out / "progress.gif").exists() and (out / "netG.pt").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals to a process group are POSIX")
+def test_a_schedulers_sigterm_to_the_whole_job_saves(started):
+    """systemd and SLURM send SIGTERM to every process of the job, DataLoader workers too: they
+    must live on until the main process has finished its iteration and saved."""
+    dump, [_, (returncode, stdout, stderr), _] = started
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr and "Stopped by SIGTERM" in stdout
+    assert load(dump / "sigterm" / "checkpoint.pt")["iters"] >= 3
 
 
 def test_each_process_reads_its_own_shard():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import common
-from conftest import ctrl_c, load, load_script, make_images, read_csv, usage_error, user_error
+from conftest import load, load_script, make_images, read_csv, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
@@ -26,6 +26,15 @@ def error_of(argv, script=dcgan):
 def train(out, *extra):
     assert dcgan.main(TINY + ["--out", str(out), *map(str, extra)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A run of one iteration, for the tests that need its checkpoint.pt and netG.pt (they
+    leave it as it is)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "FAKE_SIZE", 32)  # (small_fake_data's, for this module-wide fixture)
+        return train(tmp_path_factory.mktemp("earlier"), "--max-steps", 1, "--device", "cpu")
 
 
 def temporary_files(folder):
@@ -93,19 +102,6 @@ def test_a_second_ctrl_c_during_the_write_quits_and_keeps_the_last_checkpoint(tm
     assert (out / "checkpoint.pt").read_bytes() == before and temporary_files(out) == []
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="signals to a process group are POSIX")
-def test_a_schedulers_sigterm_to_the_whole_job_saves(tmp_path, device):
-    """systemd and SLURM send SIGTERM to every process of the job, DataLoader workers too: they
-    must live on until the main process has finished its iteration and saved."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "02_dcgan.py", *TINY[:-2], "--workers", "2", "--log-every", "1",
-           "--out", str(out), "--device", device]
-    returncode, stdout, stderr = ctrl_c(cmd, sig=signal.SIGTERM)
-    assert returncode == 130, stderr
-    assert "Traceback" not in stderr and "Stopped by SIGTERM" in stdout
-    assert load(out / "checkpoint.pt")["iters"] >= 3
-
-
 @contextlib.contextmanager
 def sigterm_fails_the_test():
     """Without a handler of the run's own, a SIGTERM would end pytest: make it a failure."""
@@ -119,8 +115,8 @@ def sigterm_fails_the_test():
 
 
 @pytest.mark.parametrize("when", ["loading the data", "generating"])
-def test_a_sigterm_before_the_training_loop_quits_cleanly(tmp_path, monkeypatch, capsys, when):
-    ckpt = train(tmp_path / "earlier", "--max-steps", 1) / "checkpoint.pt"
+def test_a_sigterm_before_the_training_loop_quits_cleanly(tmp_path, monkeypatch, capsys, when, earlier):
+    ckpt = earlier / "checkpoint.pt"
     sigterm = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
     if when == "loading the data":
         monkeypatch.setattr(dcgan, "get_dataset", sigterm)
@@ -169,8 +165,8 @@ def test_a_damaged_mnist_says_which_folder_to_delete(tmp_path, content):
     assert f"delete {tmp_path / 'MNIST'}" in msg and "\n" not in msg
 
 
-def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path):
-    good = load(train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt")
+def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, earlier):
+    good = load(earlier / "checkpoint.pt")
     cases = {"script only": {"script": "02_dcgan"},
              "no netD": {k: v for k, v in good.items() if k != "netD"},
              "netG an int": {**good, "netG": 3},
@@ -191,8 +187,8 @@ class Evil:
         return (os.system, ("echo this ran",))
 
 
-def test_a_malicious_pickle_is_named_for_what_it_is(tmp_path, capfd):
-    good = load(train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt")
+def test_a_malicious_pickle_is_named_for_what_it_is(tmp_path, capfd, earlier):
+    good = load(earlier / "checkpoint.pt")
     for name, obj in (("alone.pt", Evil()), ("nested.pt", {**good, "args": {**good["args"], "x": Evil()}}),
                       ("netG.pt", {"main.0.weight": Evil()})):
         torch.save(obj, tmp_path / name)
@@ -204,9 +200,8 @@ def test_a_malicious_pickle_is_named_for_what_it_is(tmp_path, capfd):
     assert "one cut short" in error_of(["--resume", str(tmp_path / "cut.pt")])
 
 
-def test_a_generator_with_nan_weights_is_refused(tmp_path):
-    out = train(tmp_path / "run", "--max-steps", 1)
-    netG = load(out / "netG.pt")
+def test_a_generator_with_nan_weights_is_refused(tmp_path, earlier):
+    netG = load(earlier / "netG.pt")
     netG["main.0.weight"][0, 0, 0, 0] = float("nan")
     torch.save(netG, tmp_path / "nan.pt")
     msg = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "nan.pt"), "--ngf", "8"])

@@ -23,6 +23,7 @@ def rows(out):
     return read_csv(out / "losses.csv")
 
 
+@pytest.mark.gif
 def test_a_run_writes_every_output(tmp_path, capsys):
     out = train(tmp_path / "run", "--epochs", 2, "--sample-every", 3, "--log-every", 2)
     log = capsys.readouterr().out

@@ -116,6 +116,7 @@ def test_G_does_not_start_saturated(tmp_path, monkeypatch):
     assert models[0].conv[3].weight.std() < 0.025  # N(0, 0.02)
 
 
+@pytest.mark.gif
 def test_a_run_writes_every_output(tmp_path, capsys):
     out = train(tmp_path / "run", "--n-critic", 2, "--epochs", 2, "--sample-every", 3, "--log-every", 2)
     log = capsys.readouterr().out
