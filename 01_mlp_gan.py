@@ -15,13 +15,12 @@ The lesson notes, results and choices of this script: docs/01_mlp_gan.md.
 import os
 import random
 
+import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
-
-import common
 
 SCRIPT = "01_mlp_gan"
 

@@ -14,6 +14,7 @@ The lesson notes, results and choices of this script: docs/03_cgan.md.
 import os
 import random
 
+import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.backends.cudnn as cudnn
 import torch.nn as nn
@@ -21,8 +22,6 @@ import torch.nn.functional as F
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
-
-import common
 
 SCRIPT = "03_cgan"
 

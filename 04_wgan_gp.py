@@ -18,14 +18,13 @@ The lesson notes, results and choices of this script: docs/04_wgan_gp.md.
 import os
 import random
 
+import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.backends.cudnn as cudnn
 import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
-
-import common
 
 SCRIPT = "04_wgan_gp"
 

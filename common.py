@@ -27,12 +27,23 @@ except ImportError:  # Windows
     fcntl = None
     import msvcrt
 
+
+def _quiet(signum, frame):
+    sys.exit(print("interrupted", file=sys.stderr) or 130)
+
+
+# A Ctrl-C in the seconds torch takes to load (the scripts import this file first) ends with
+# "interrupted" and status 130, not a traceback; cli() handles Ctrl-C from then on
+_sigint = signal.signal(signal.SIGINT, _quiet) if threading.current_thread() is threading.main_thread() else None
 import torch
 import torch.distributed as dist
 import torch.utils.data
 import torchvision.datasets as dset
 import torchvision.utils as vutils
 from PIL import Image
+
+if _sigint is not None:
+    signal.signal(signal.SIGINT, _sigint)
 
 FAKE_SIZE = 1000  # --dataset fake: torchvision FakeData's own default size
 # A resumed run may change these; any other setting defines the run and stays with it.

@@ -26,13 +26,12 @@ import math
 import os
 import time
 
+import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
 from PIL import Image
-
-import common
 
 OWN = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fake": "FakeData"}  # own classifier
 VERSION = 2  # of the classifier's file: another one is rebuilt

@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import common
-from conftest import load, load_script, make_images, read_csv, usage_error, user_error
+from conftest import ROOT, load, load_script, make_images, read_csv, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
@@ -100,6 +101,17 @@ def test_a_second_ctrl_c_during_the_write_quits_and_keeps_the_last_checkpoint(tm
         common.cli(dcgan.main, ["--resume", str(out / "checkpoint.pt"), "--max-steps", "4"])
     assert e.value.code == 130 and capsys.readouterr().err.strip().endswith("interrupted")
     assert (out / "checkpoint.pt").read_bytes() == before and temporary_files(out) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
+def test_a_ctrl_c_while_torch_loads_ends_quietly(tmp_path):
+    """The first seconds of every run import torch, before any of the script's own code."""
+    p = subprocess.Popen([sys.executable, "02_dcgan.py", *TINY, "--out", str(tmp_path / "r")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(0.8)  # (importing torch and torchvision takes seconds here)
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and stderr == "interrupted\n"
 
 
 @contextlib.contextmanager
