@@ -164,8 +164,9 @@ def test_a_new_run_does_not_overwrite_a_checkpoint(tmp_path):
 HOLD_LOCK = """import fcntl, os, sys, time
 f = open(sys.argv[1], "a+")
 fcntl.flock(f, fcntl.LOCK_EX)
-f.write(str(os.getpid()))
-f.flush()
+if sys.argv[2:] != ["before its PID"]:
+    f.write(str(os.getpid()))
+    f.flush()
 print("locked", flush=True)
 time.sleep(60)
 """
@@ -196,6 +197,23 @@ def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path):
     (out / ".lock").write_text(str(os.getpid()))
     train(out, "--max-steps", 2)
     assert not (out / ".lock").exists() and (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl's flock is POSIX")
+def test_a_lock_taken_a_moment_ago_is_not_stale(tmp_path):
+    """A racer that has the lock but has not yet written its PID in it: the folder is still
+    taken (a lock file read empty was once deleted as stale, so two runs held it)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock"), "before its PID"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "locked\n"
+        msg = error_of(TINY + ["--out", str(out), "--max-steps", "1"])
+    finally:
+        other.kill()
+        other.wait()
+    assert f"{out} is in use by another run" in msg and os.listdir(out) == [".lock"]
 
 
 def lock_racer(out, barrier, results):
