@@ -75,7 +75,8 @@ def test_amp_computes_in_bfloat16_but_the_last_layer(monkeypatch):
 
 def test_checkpoints_hold_cpu_tensors(tmp_path, device):
     """checkpoint.pt and netG.pt load on a machine without the GPU they were trained on, with
-    torch.load(path, weights_only=True) and no map_location (docs/shared.md)."""
+    torch.load(path, weights_only=True) and no map_location (docs/shared.md). On the CPU it
+    cannot fail: it is for pytest --device cuda (the next test moves meta tensors)."""
     out = tmp_path / "run"
     assert load_script("02_dcgan").main(["--dataset", "fake", "--batch-size", "8", "--workers", "0",
                                          "--max-steps", "2", "--out", str(out), *TINY["02_dcgan"]]) == 0
