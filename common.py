@@ -4,10 +4,13 @@ torchrun, losses.csv and the pictures at the end. The GANs themselves are in the
 """
 import argparse
 import contextlib
+import copy
 import csv
 import errno
 import glob
+import hashlib
 import itertools
+import json
 import math
 import os
 import pickle
@@ -35,10 +38,14 @@ def _quiet(signum, frame):
 # A Ctrl-C in the seconds torch takes to load (the scripts import this file first) ends with
 # "interrupted" and status 130, not a traceback; cli() handles Ctrl-C from then on
 _sigint = signal.signal(signal.SIGINT, _quiet) if threading.current_thread() is threading.main_thread() else None
+import numpy as np
+import PIL
 import torch
 import torch.distributed as dist
 import torch.utils.data
+import torchvision
 import torchvision.datasets as dset
+import torchvision.transforms as T
 import torchvision.utils as vutils
 from PIL import Image
 
@@ -49,8 +56,8 @@ FAKE_SIZE = 1000  # --dataset fake: torchvision FakeData's own default size
 # A resumed run may change these; any other setting defines the run and stays with it.
 FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}
 # Settings of one invocation (or one machine), never taken from a checkpoint.
-PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device", "labels", "amp"}
-IN_MEMORY = ("mnist", "fashion-mnist", "fake")  # small and fixed: transformed once into memory
+PER_INVOCATION = {"resume", "generate", "checkpoint", "max_steps", "device", "labels", "amp", "walk", "interp",
+                  "no_cache"}
 _MAIN = True  # False in torchrun's processes but rank 0: they write no file and print nothing
 _RUN = None  # the Run of this process, for cli()'s messages
 
@@ -117,6 +124,7 @@ _beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 _workers = _checked(int, lambda v: v >= 0, "must be 0 or more")
 non_negative = _checked(float, lambda v: v >= 0 and math.isfinite(v), "must be 0 or more")  # 04's λ
 unit_value = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's --smooth, 04's --clip
+_walk_steps = _checked(int, lambda v: v >= 2, "must be 2 or more: a walk has two ends")
 
 
 def label_list(text):
@@ -136,7 +144,8 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
     for a default the script decides later (given as None)."""
     said = dict(defaults_said or {})
     if defaults.get("workers", 0) is None:
-        said["workers"] = "0 for mnist, fashion-mnist and fake, which are in memory; else min(4, CPUs)"
+        said["workers"] = ("0 where the images are one array (in memory, or a folder's decoded "
+                           "cache); min(4, CPUs) to decode images")
     p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -171,6 +180,9 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
                        "Faster, and the same results within rounding (docs/speed.md)")
     add("--log-every", "iterations between log lines", type=positive_int)
     add("--sample-every", "iterations between fixed-noise snapshots", type=positive_int)
+    if {"celeba", "folder"} & set(datasets):
+        p.add_argument("--no-cache", action="store_true", help="celeba, folder: decode the images "
+                       "every epoch, not once into the decoded cache (docs/speed.md)")
     p.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="stop after N training iterations in all, and save a checkpoint")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
@@ -179,6 +191,11 @@ def make_parser(doc, datasets, defaults_said=None, **defaults):
                    "generated.png; more as one PNG each in generated/, written as they are made")
     p.add_argument("--checkpoint", metavar="PATH", help="the checkpoint (or netG.pt) that "
                    "--generate samples from (default: <out>/checkpoint.pt)")
+    p.add_argument("--walk", type=_walk_steps, metavar="K", help="with --generate N: latent walks "
+                   "instead of generated.png: N/K rows of K images, each row G along a path between "
+                   "two random z, as walk.png and as the animation walk.gif")
+    p.add_argument("--interp", choices=["slerp", "lerp"], help="--walk's path: slerp, along the "
+                   "sphere on which Gaussian z lie, or lerp, the straight line (default: slerp)")
     return p
 
 
@@ -205,6 +222,19 @@ def get_args(parser, argv, script):
         parser.error("--max-steps stops training, and --generate does not train: use one of them")
     if args.generate and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         parser.error("--generate is for one process: run it without torchrun")
+    if getattr(args, "no_cache", False) and args.dataset not in ("celeba", "folder"):
+        parser.error(f"--no-cache is for celeba and folder, whose images are files: "
+                     f"{args.dataset} is decoded into memory once")
+    if args.walk and not args.generate:
+        parser.error("--walk K draws walks of --generate's images: add --generate N (N/K walks)")
+    if args.interp and not args.walk:
+        parser.error("--interp picks the path of --walk: add --generate N --walk K")
+    if args.walk and args.generate % args.walk:
+        parser.error(f"--generate {args.generate} --walk {args.walk}: N must be a multiple of K, "
+                     f"N/K walks of K images each (e.g. --generate {args.walk * (args.generate // args.walk + 1)})")
+    if args.walk and args.generate > GRID_MAX:
+        parser.error(f"--generate {args.generate} --walk {args.walk}: walk.png is one grid, of at "
+                     f"most {GRID_MAX} images")
     check_device(args.device)
     ckpt = None
     if args.generate:
@@ -229,10 +259,9 @@ def get_args(parser, argv, script):
                                 "that stays with it: drop the flag (or start a new run for new "
                                 "settings)")
     args.out = args.out or f"runs/{script}-{args.dataset}"
-    if getattr(args, "workers", 0) is None:
-        # In memory a batch is an index into one tensor: workers would only add copying. From
-        # disk (JPEG decoding) a few workers keep the model fed.
-        args.workers = 0 if args.dataset in IN_MEMORY else min(4, os.cpu_count() or 1)
+    if args.walk and args.interp != "lerp" and args.nz < 2:  # (--nz: the checkpoint's run's)
+        raise UserError("--walk: slerp follows the sphere on which z lie, and at --nz 1 that is "
+                        "two points: use --interp lerp")
     return args, ckpt
 
 
@@ -298,12 +327,9 @@ def load_dataset(name, dataroot, transform, image_shape, train=True, n=None):
                                        random_offset=0 if train else FAKE_SIZE), n)
     cls = {"mnist": dset.MNIST, "fashion-mnist": dset.FashionMNIST, "cifar10": dset.CIFAR10}[name]
     folder = os.path.join(dataroot, cls.__name__ if name != "cifar10" else "cifar-10-batches-py")
-    ranked = dist.is_available() and dist.is_initialized()
-    later = ranked and int(os.environ.get("LOCAL_RANK", 0)) > 0
-    if later:  # torchrun: this machine's first process downloads, alone, and the others wait
-        dist.barrier(group=_GROUP)
     try:
-        dataset = cls(root=dataroot, train=train, download=True, transform=transform)
+        with _first_on_each_machine():  # torchrun: one process downloads, the others wait
+            dataset = cls(root=dataroot, train=train, download=True, transform=transform)
     except (RuntimeError, OSError, ValueError, AssertionError, EOFError, IndexError) as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # what, and why
@@ -319,9 +345,20 @@ def load_dataset(name, dataroot, transform, image_shape, train=True, n=None):
         raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
                                              files=IDX_FILES.format(cls.__name__) if name != "cifar10" else
                                              "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/")) from None
+    return in_memory(dataset, n)  # small and fixed: their PIL steps once, into memory
+
+
+@contextlib.contextmanager
+def _first_on_each_machine():
+    """Under torchrun, the block runs on this machine's first process alone, then on the others
+    (a download, a cache build: one writer per file)."""
+    ranked = dist.is_available() and dist.is_initialized()
+    later = ranked and int(os.environ.get("LOCAL_RANK", 0)) > 0
+    if later:
+        dist.barrier(group=_GROUP)
+    yield
     if ranked and not later:
         dist.barrier(group=_GROUP)
-    return in_memory(dataset, n) if name in IN_MEMORY else dataset
 
 
 def _downloaded(cls, folder):
@@ -343,22 +380,169 @@ def _unreachable(url):
     return None
 
 
+FIXED = (T.Resize, T.CenterCrop, T.Grayscale)  # PIL steps that give the same pixels every time
+
+
+def _split(transform):
+    """A transform Compose([fixed PIL steps..., ToTensor(), Normalize(mean, std)]) as (its PIL
+    steps then PILToTensor, which give uint8 images; mean; std). None for any other transform:
+    a random step must run every epoch, so its images cannot be kept."""
+    steps = getattr(transform, "transforms", [])
+    if (len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize)
+            or not all(isinstance(s, FIXED) for s in steps[:-2])):
+        return None
+    return T.Compose(steps[:-2] + [T.PILToTensor()]), steps[-1].mean, steps[-1].std
+
+
+class Images(torch.utils.data.Dataset):
+    """A dataset as one uint8 array, N x C x H x W (in memory, or memory-mapped from the decoded
+    cache at path), its labels and class names. The transform's last steps, ToTensor and
+    Normalize, are left to whole batches (to_float, on the device), and a batch is one indexing
+    of the array (__getitems__), not batch_size __getitem__ calls and a collate."""
+
+    def __init__(self, images, labels, classes, mean, std, path=None):
+        self.images, self.labels, self.classes, self.mean, self.std = images, labels, classes, mean, std
+        self.path, self._norm = path, None
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitems__(self, indices):  # a DataLoader's whole batch (collate_fn=_as_batch)
+        indices = torch.as_tensor(indices)  # index_select: 8x faster than images[indices] here
+        return [self.images.index_select(0, indices), self.labels.index_select(0, indices)]
+
+    def to_float(self, images):
+        """ToTensor (/ 255) and Normalize on a batch, where it is: the very numbers they give."""
+        if self._norm is None or self._norm[0].device != images.device:  # once per device; 255
+            # as a tensor too: CUDA divides by a plain number as a product with its inverse
+            self._norm = [torch.tensor(v).view(-1, 1, 1).to(images.device)
+                          for v in ((255.0,), self.mean, self.std)]
+        scale, mean, std = self._norm
+        return images.float().div_(scale).sub_(mean).div_(std)
+
+    def __getstate__(self):  # workers started by spawn (macOS, Windows) map the cache again
+        return {**self.__dict__, "images": None if self.path else self.images}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.path:
+            self.images = _open_cache(self.path)
+
+
+def _as_batch(batch):
+    return batch
+
+
+def _decoded(dataset, pre, workers, indices=None):
+    """Batches of (uint8 images, labels): dataset's images (those at indices) through pre, the
+    transform's PIL steps, in order, decoded by workers in parallel."""
+    dataset = copy.copy(dataset)
+    dataset.transform = pre
+    source = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(source, batch_size=256, num_workers=workers,
+                                       worker_init_fn=_worker_init)
+
+
 def in_memory(dataset, n=None):
-    """Every image of a small dataset (or n of them, at random) through its (non-random)
-    transform once, kept as one tensor: no PIL resize per sample per epoch. Workers for large
-    ones (MNIST: 17 s -> 9.5 s)."""
+    """Every image of a small dataset (or n of them, at random) through its transform's fixed
+    steps once, kept as uint8 Images: no PIL resize per sample per epoch, and a quarter of
+    float32's memory (MNIST at 64x64: 234 MB). Workers for large ones (MNIST: 17 s -> 9.5 s)."""
     start = time.perf_counter()
-    source = dataset if n is None else torch.utils.data.Subset(
-        dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n].tolist())
-    workers = min(4, os.cpu_count() or 1) if len(source) > 10000 else 0
-    images, labels = zip(*torch.utils.data.DataLoader(source, batch_size=1000, num_workers=workers))
-    images, labels = torch.cat(images), torch.cat(labels)
+    parts = _split(dataset.transform)
+    if parts is None:  # a random step: it runs every epoch, on each sample
+        return dataset
+    indices = None if n is None else torch.randperm(
+        len(dataset), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    workers = min(4, os.cpu_count() or 1) if len(indices or dataset) > 10000 else 0
+    images, labels = map(torch.cat, zip(*_decoded(dataset, parts[0], workers, indices)))
     classes = getattr(dataset, "classes", None) or [str(c) for c in range(dataset.num_classes)]
     print(f"Transformed the {len(images)} images once, into memory: {images.nbytes / 2**20:.0f} MB "
           f"in {time.perf_counter() - start:.1f} s")
-    dataset = torch.utils.data.TensorDataset(images, labels)
-    dataset.classes = classes
-    return dataset
+    return Images(images, labels, classes, *parts[1:])
+
+
+def cache_folders(root):
+    """Where the decoded cache of the image folder root may go: in it, else (read-only) in
+    $XDG_CACHE_HOME/gan-scripts/ (default ~/.cache), a folder per image folder."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache"))
+    return [root, os.path.join(home, "gan-scripts",
+                               hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16])]
+
+
+def _open_cache(path):
+    return torch.from_numpy(np.load(path, mmap_mode="c"))  # "c": mapped, and writable for torch
+
+
+def decoded_cache(dataset, workers):
+    """An ImageFolder as Images from its decoded cache (docs/speed.md): the transform's fixed
+    steps (Resize, CenterCrop) run once, the first time, into one uint8 .npy file, read
+    memory-mapped from then on. Its name holds a key of what it was made from (the files with
+    their sizes and times, the steps, the library versions), so a changed folder or size makes
+    a new one. None where the transform has a random step or no cache can be written."""
+    parts = _split(dataset.transform)
+    if parts is None:
+        print("No decoded cache: the transform has a random step, which must run every epoch")
+        return None
+    pre, mean, std = parts
+    with _first_on_each_machine():  # torchrun: one process builds, the others then read it
+        files = []
+        for path, _ in dataset.samples:
+            stat = os.stat(path)
+            files.append((os.path.relpath(path, dataset.root), stat.st_size, stat.st_mtime_ns))
+        shape = (len(files), *pre(dataset.loader(dataset.samples[0][0])).shape)
+        made_of = json.dumps([files, repr(pre), torchvision.__version__, PIL.__version__])
+        key = hashlib.sha256(made_of.encode()).hexdigest()[:16]
+        name = f"gan-cache-{'x'.join(map(str, shape[1:]))}-{key}.npy"
+        labels = torch.tensor(dataset.targets)
+        for folder in cache_folders(dataset.root):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError, ValueError):  # none there (or not a whole one)
+                images = _open_cache(path)
+                if images.shape == shape:
+                    print(f"Decoded cache: {path} ({images.nbytes / 2**30:.2f} GB)")
+                    return Images(images, labels, dataset.classes, mean, std, path)
+        reasons = []
+        for folder in cache_folders(dataset.root):
+            path = os.path.join(folder, name)
+            try:
+                took = _build_cache(path, shape, _decoded(dataset, pre, workers))
+            except OSError as e:  # read-only, full, ...: the next place, else the JPEGs
+                reasons.append(f"{folder}: {e.strerror or e}")
+                continue
+            print(f"Decoded cache: built {path} ({shape[0]} images, "
+                  f"{math.prod(shape) / 2**30:.2f} GB) in {took:.0f} s; later runs read it")
+            return Images(_open_cache(path), labels, dataset.classes, mean, std, path)
+        print(f"No decoded cache ({'; '.join(reasons)}): decoding every image every epoch")
+        return None
+
+
+def _build_cache(path, shape, batches):
+    """The batches' images into path, as a .npy of shape; written to a temporary file renamed
+    when complete, so a stopped build leaves no cache (and a dead build's temporary file goes).
+    Returns the seconds it took."""
+    start = time.perf_counter()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for old in glob.glob(f"{glob.escape(path)}.tmp*"):
+        try:
+            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)  # that build's process lives: leave it
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(old)
+        except (ValueError, OSError):
+            pass
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            for images, _ in batches:
+                f.write(images.numpy().data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    return time.perf_counter() - start
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
@@ -514,6 +698,38 @@ def diverged(out, what):
                          "the data has no broken images")
 
 
+GPU_SHARE = 0.25  # Images kept whole on a CUDA device up to this share of its free memory
+
+
+class Batches:
+    """The DataLoader of Images: each batch one indexing of the array (in the loader's workers,
+    or on the GPU where the array is there whole: loader None), then ToTensor and Normalize on
+    the device. Batches [images, labels] as a DataLoader's, in the sampler's order."""
+
+    def __init__(self, dataset, loader, sampler, batch_size, drop_last, device):
+        self.dataset, self.loader, self.sampler, self.batch_size = dataset, loader, sampler, batch_size
+        self.drop_last, self.device = drop_last, device
+        if loader is None:
+            self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
+
+    def __len__(self):
+        if self.loader is not None:
+            return len(self.loader)
+        return len(self.sampler) // self.batch_size if self.drop_last else -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        if self.loader is not None:
+            pinned = self.loader.pin_memory
+            for images, labels in self.loader:
+                yield [self.dataset.to_float(images.to(self.device, non_blocking=pinned)), labels]
+            return
+        order = torch.tensor(list(self.sampler)).to(self.device, non_blocking=True)  # once an epoch
+        end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for k in range(0, end, self.batch_size):
+            batch = order[k:k + self.batch_size]
+            yield [self.dataset.to_float(self.images.index_select(0, batch)), self.labels.index_select(0, batch)]
+
+
 class Run:
     """One training run, so that a script's main() shows the GAN and little else. It joins
     torchrun's processes, prepares --out, builds the resumable DataLoader, loads a resumed run's
@@ -534,29 +750,44 @@ class Run:
         self.interrupted = self.signalled = False  # a signal here; one on any torchrun process
         self._columns, self._pending, self._started, self._csv, self._nrow = None, [], False, "w", 8
         self._state, self._silent = {}, 0  # _silent: log lines in a row where no gradient flowed
+        self._votes = None  # torchrun: the Ctrl-C vote in flight (_vote)
         self._lock = _prepare_out(self.out, args.resume, self.iters if ckpt else None)
         _RUN = self
         if hasattr(sys.stdout, "reconfigure"):  # each log line shows at once, in a pipe or a file too
             sys.stdout.reconfigure(line_buffering=True)
         print(f"Device: {self.device}")
 
-    def dataloader(self, dataset, batch_size, num_workers, drop_last=False):
+    def dataloader(self, dataset, batch_size, num_workers=None, drop_last=False):
         """DataLoader(dataset, batch_size, shuffle=True, num_workers), but shuffled by (seed,
         epoch) so that a resume can skip what it has seen, each torchrun process on its own
-        share; pinned memory for CUDA, the workers kept from epoch to epoch."""
+        share; pinned memory for CUDA, the workers kept from epoch to epoch. An image folder
+        is read from its decoded cache (unless --no-cache); Images come a batch at a time
+        (Batches), on CUDA from GPU memory where they fit."""
+        decoders = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        if isinstance(dataset, dset.ImageFolder) and not self.args.no_cache:
+            dataset = decoded_cache(dataset, decoders) or dataset
         sampler = EpochSampler(dataset, self.args.seed, self.rank, self.size)
-        loader = torch.utils.data.DataLoader(
+        images = isinstance(dataset, Images)
+        if num_workers is None:  # (--workers not given) decoding JPEGs wants workers; a batch
+            num_workers = 0 if images else decoders  # of one array, one indexing, does not
+        # on CUDA the whole array in GPU memory, where it takes a modest share of what is free
+        on_gpu = images and self.device.type == "cuda" and dataset.images.nbytes < (
+            torch.cuda.mem_get_info(self.device)[0] * GPU_SHARE)
+        loader = None if on_gpu else torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-            drop_last=drop_last, pin_memory=self.pinned,
+            drop_last=drop_last, pin_memory=self.pinned, collate_fn=_as_batch if images else None,
             persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(0))  # worker seeds: the global RNG stays alone
+        if images:
+            loader = Batches(dataset, loader, sampler, batch_size, drop_last, self.device)
         if len(loader) == 0:
             raise UserError(f"the dataset has {len(dataset)} images, fewer than one batch "
                             f"(--batch-size {batch_size}): use a smaller --batch-size")
         classes = len(getattr(dataset, "classes", ()))
         print(f"Dataset: {self.args.dataset}, {len(dataset)} images"
               + (f" in {classes} classes" if classes > 1 else "")
-              + f", {len(loader)} batches of {batch_size} per epoch")
+              + f", {len(loader)} batches of {batch_size} per epoch"
+              + (f", all in {self.device}'s memory" if on_gpu else ""))
         if self.size > 1:
             print(f"torchrun: {self.size} processes, each on its own shard of the data with "
                   f"batches of {batch_size}: a global batch of {self.size * batch_size}")
@@ -623,17 +854,35 @@ class Run:
             self.iters += 1
             if i % self.args.log_every == 0:
                 self.flush()
-            self.signalled = self.interrupted  # read once: a signal may come at any line
-            if self._group is not None:  # all processes stop at the same iteration
-                stop = torch.tensor([int(bool(self.signalled))])
-                dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group)
-                self.signalled = self.signalled or ("a signal" if stop else False)
+            # alone: stop at a signal now; under torchrun, when all processes have its vote
+            self.signalled = self.interrupted if self._group is None else self._vote()
             if self.signalled or self.iters == self.args.max_steps:
                 self.stopped = True
                 break
+        if self._votes is not None:  # torchrun: the epoch's last vote, counted before it ends
+            self.signalled = self.signalled or self._vote(again=False)
+            self.stopped = self.stopped or bool(self.signalled)
         self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
         if self.stopped and not os.path.exists(self._snapshot_path(self.iters - 1)):
             self.snapshot(self._sample(), self.iters - 1)
+
+    def _vote(self, again=True):
+        """torchrun: whether any process has had a signal (Ctrl-C, SIGTERM), agreed without
+        waiting: the vote cast here (an all_reduce on the Gloo group, in the background) is
+        counted at the next call, an iteration later, when it has long arrived. Every process
+        counts the same votes at the same iteration, so all stop there together."""
+        counted = False
+        if self._votes is not None:
+            stop, work = self._votes
+            work.wait()
+            counted = bool(stop)  # a CPU tensor: no wait for the GPU
+        now = self.interrupted  # read once: a signal may come at any line
+        self._votes = None
+        if again and not counted:
+            stop = torch.tensor([int(bool(now))])
+            self._votes = (stop, dist.all_reduce(stop, op=dist.ReduceOp.MAX, group=self._group,
+                                                 async_op=True))
+        return (now or "a signal") if counted else False
 
     def _start(self, n, per_step, batch_size):
         if n == 0:
@@ -993,7 +1242,7 @@ def save_real_vs_fake(real, fake, path, fake_nrow=8):
     """§12.4.5 "Real Images vs. Fake Images": the two grids side by side, a white gap between."""
     if not _MAIN:
         return
-    a = vutils.make_grid(real, padding=2, normalize=True, value_range=(-1, 1))
+    a = vutils.make_grid(real.cpu(), padding=2, normalize=True, value_range=(-1, 1))
     b = vutils.make_grid(fake, nrow=fake_nrow, padding=2, normalize=True, value_range=(-1, 1))
     h = max(a.shape[1], b.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
@@ -1029,6 +1278,27 @@ def _save_generated(out, n, batches, nrow):
         if int(os.path.basename(path)[:7]) >= n:
             os.remove(path)
     return folder + "/"
+
+
+def save_walks(out, k, batches):
+    """--generate N --walk K: the N images of `batches` (tensors in [-1, 1]), walk after walk, K
+    each, as walk.png (a walk a row) and walk.gif, whose frame j is step j of every walk, as a
+    grid, there and back. Returns the two paths."""
+    make_folder(out)
+    paths = os.path.join(out, "walk.png"), os.path.join(out, "walk.gif")
+    with locked(out):  # not into the folder of a run that is writing there
+        images = torch.cat(list(batches))
+        save_grid(images, paths[0], nrow=k)
+        frames = []
+        for step in images.view(-1, k, *images.shape[1:]).transpose(0, 1):  # step j of every walk
+            grid = vutils.make_grid(step, nrow=math.ceil(math.sqrt(len(step))), padding=2,
+                                    normalize=True, value_range=(-1, 1))
+            # to 8 bits as save_grid's PNGs are (torchvision's save_image)
+            frames.append(Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0)
+                                          .to(torch.uint8).numpy()))
+        frames += frames[-2:0:-1]  # and back, the ends not shown twice
+        frames[0].save(paths[1], save_all=True, append_images=frames[1:], duration=150, loop=0)
+    return paths
 
 
 def write_gif(out, path):

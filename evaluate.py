@@ -4,6 +4,7 @@
     python evaluate.py runs/02_dcgan-mnist/checkpoint.pt          # 10,000 samples of its G
     python evaluate.py runs/03_cgan-mnist/checkpoint.pt --json    # and one JSON line at the end
     python evaluate.py runs/01_mlp_gan-mnist/generated/ --dataset mnist  # PNGs made elsewhere
+    python evaluate.py runs/01_mlp_gan-mnist/checkpoint.pt --neighbours  # did it just memorise?
     python evaluate.py --train --dataset fashion-mnist            # (re)train the classifier
 
 For MNIST and Fashion-MNIST the numbers live in the feature space of a small classifier of the
@@ -15,6 +16,9 @@ mean and covariance of its features on the test split:
   coverage the share of classes drawn at least half as often as an even spread would, and the
            class histogram (§12.7.2's mode collapse)
   cond_accuracy (03_cgan.py) how often the classifier reads the class that G was asked for
+  memorisation (--neighbours) the mean distance to the nearest training image, of the samples
+           over that of held-out real images: 1 for new digits, near 0 for copies; and
+           neighbours.png, samples above their nearest training images
 Other datasets use torchvision's Inception-v3, where its weights are on this machine.
 More in docs/evaluate.md.
 """
@@ -31,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
+import torchvision.utils as vutils
 from PIL import Image
 
 OWN = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fake": "FakeData"}  # own classifier
@@ -70,6 +75,10 @@ parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", 
                     help="auto picks cuda, then mps, then cpu (default: auto)")
 parser.add_argument("--json", action="store_true", help="also print the numbers as one JSON "
                     "object, on the last line")
+parser.add_argument("--neighbours", action="store_true", help="did it just memorise? Write "
+                    "neighbours.png beside PATH (samples above their nearest training images) and "
+                    "the mean distance to the nearest training image, of the samples against "
+                    "held-out real images (MNIST and Fashion-MNIST)")
 
 
 # The classifier: two small convolutions and a 128-wide layer whose activations are the
@@ -177,8 +186,8 @@ def load_images(dataset, dataroot, train=True, size=SIZE, nc=1, n=None):
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                     transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
     data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train, n=n)
-    if hasattr(data, "tensors"):  # in memory already, n of them
-        return data.tensors[0], data.tensors[1], data.classes
+    if isinstance(data, common.Images):  # in memory already (uint8), n of them
+        return data.to_float(data.images), data.labels, data.classes
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].tolist()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=500,
                                          num_workers=min(4, os.cpu_count() or 1))
@@ -350,10 +359,68 @@ def from_pngs(path, nc, image_size):
     return images
 
 
+# --- Did it just memorise? (--neighbours) -------------------------------------------------------
+SHOWN, K = 24, 3  # neighbours.png: 24 samples, each above its 3 nearest training images
+
+
+def nearest(queries, train, k=K, chunk=1000):
+    """The distances and indices of the k rows of train nearest to each row of queries, nearest
+    first. A chunk of queries at a time: 1,000 of them against MNIST's 60,000 are 240 MB of
+    distances (about twice that while cdist works)."""
+    found = [torch.cdist(q, train).topk(k, dim=1, largest=False) for q in queries.split(chunk)]
+    return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
+
+
+def memorisation(generated, held_out, train):
+    """The mean distance to the nearest training image, of the samples and of real images that
+    no training saw (an honest generator's yardstick), and their ratio: a copier is near 0."""
+    g, h = nearest(generated, train, 1)[0].mean().item(), nearest(held_out, train, 1)[0].mean().item()
+    return {"generated": g, "held_out": h, "ratio": g / h}
+
+
+def neighbours(net, batches, feats, dataset, dataroot, device, path):
+    """--neighbours: the memorisation figure of the samples (batches, and their features) in the
+    classifier's features and in its input's pixels (28x28 grey), against its own training
+    split; and neighbours.png at path."""
+    train, _, _ = load_images(dataset, dataroot)
+    # held-out images sized as the samples were, like the floor's: the resizing blurs both alike
+    held_out, _, _ = load_images(dataset, dataroot, train=False, n=len(feats), size=batches[0].shape[-1])
+    # in each space: the samples, the held-out images, the training images
+    features = [feats] + [embed(net, x.split(500), device)[0] for x in (held_out, train)]
+    pixels = [torch.cat([fit(x.to(device), net) for x in batches]),
+              fit(held_out.to(device), net), train.to(device)]
+    spaces = {"features": [f.float().to(device) for f in features], "pixels": [p.flatten(1) for p in pixels]}
+    figure = {space: memorisation(*rows) for space, rows in spaces.items()}
+    figure["held_out_n"] = len(held_out)
+    shown = [train[nearest(g[:SHOWN], t)[1].cpu()] for g, _, t in spaces.values()]  # SHOWN x K images each
+    save_neighbours(pixels[0][:SHOWN].cpu(), shown, path)
+    print(f"Neighbours: {path} (top row: {len(shown[0])} samples as the classifier sees them; below "
+          f"each, its {K} nearest training images in the classifier's features, then in pixels, "
+          "nearest first)")
+    for space in spaces:
+        f = figure[space]
+        print(f"Memorisation in {space}: {f['ratio']:.2f} (mean distance to the nearest of the "
+              f"{len(train)} training images: {f['generated']:.2f} for the samples, {f['held_out']:.2f} "
+              f"for {len(held_out)} held-out real images, which define 1; a copier is near 0)")
+    return figure
+
+
+def save_neighbours(samples, shown, path):
+    """The samples in a row, and below them, after a white gap, their neighbours in each space:
+    the nearest in the first row, the next nearest in the second..."""
+    grids = [vutils.make_grid(x, nrow=len(samples), padding=2, normalize=True, value_range=(-1, 1))
+             for x in [samples] + [s.transpose(0, 1).flatten(0, 1) for s in shown]]
+    gap = torch.ones(3, 8, grids[0].shape[2])
+    vutils.save_image(torch.cat([grids[0], gap, grids[1], gap, grids[2]], dim=1), path)
+
+
 def main(argv=None):
     args = parser.parse_args(argv)
     if not args.path and not args.train:
         parser.error("give a checkpoint, a PNG grid or a folder of PNGs to score (or --train)")
+    if args.neighbours and not args.path:
+        parser.error("--neighbours looks for the nearest training images of samples: give a "
+                     "checkpoint, a PNG grid or a folder of PNGs")
     if args.path and not args.path.endswith(".pt") and not os.path.exists(args.path):
         raise common.UserError(f"{args.path}: no such file or folder")
     common.check_device(args.device)
@@ -364,6 +431,10 @@ def main(argv=None):
         module, run, ckpt = open_checkpoint(args.path, args.n, args.seed)
     dataset = args.dataset or (run.dataset if run else "mnist")
     dataroot = args.dataroot or (run.dataroot if run else "data")
+    if args.neighbours and dataset not in OWN:  # before Inception's weights are looked for
+        raise common.UserError(f"--neighbours is for MNIST and Fashion-MNIST, where evaluate.py's own "
+                               f"classifier has features to compare and there is a held-out test split; "
+                               f"{dataset} has neither")
     if dataset in OWN:
         path = args.classifier or os.path.join(dataroot, OWN[dataset], "classifier.pt")
         net, ref = load_classifier(dataset, dataroot, path, device, args.train)
@@ -382,6 +453,8 @@ def main(argv=None):
         batches = from_pngs(args.path, net.nc if ref else 3, args.image_size)
         what = f"{len(batches)} images of {args.path}"
         batches = batches.split(500)
+    if args.neighbours:  # kept, for their pixels (a checkpoint's are drawn a batch at a time)
+        batches = list(batches)
     print(f"Scoring {what}", flush=True)
     feats, probs, size = embed(net, batches, device)
     n = len(feats)
@@ -418,6 +491,9 @@ def main(argv=None):
             r["cond_accuracy_per_class"] = per_class
             print(f"Conditional accuracy: {r['cond_accuracy']:.2%} of the samples read as the class "
                   "asked for (" + ", ".join(f"{c}: {a:.0%}" for c, a in per_class.items()) + ")")
+    if args.neighbours:  # beside what was scored (for a folder of PNGs, not among them)
+        path = os.path.join(os.path.dirname(os.path.abspath(args.path)), "neighbours.png")
+        r["memorisation"] = neighbours(net, batches, feats, dataset, dataroot, device, path)
     print(f"({time.perf_counter() - start:.0f} s on {device.type})")
     if args.json:
         print(json.dumps(r))

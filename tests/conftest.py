@@ -4,6 +4,7 @@ The scripts' names start with digits, so they are imported with importlib. Tests
 in-process through main(argv) on torchvision's FakeData (no download, no real dataset), with
 tiny networks and a tiny fake dataset so that the whole suite stays fast on 2 CPU cores.
 """
+import contextlib
 import csv
 import importlib
 import json
@@ -120,6 +121,22 @@ def make_images(folder, n, size=(72, 88), ext="jpg"):
         rgb = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
         Image.new("RGB", size, rgb).save(os.path.join(folder, f"{k:04d}.{ext}"))
     return folder
+
+
+@contextlib.contextmanager
+def tmpfs(folder, size):
+    """A real file system of size (e.g. "1m") mounted at folder, where this machine lets the
+    tests mount one (else the test skips); unmounted at the end."""
+    folder.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def png_size(path):

@@ -61,8 +61,12 @@ def started(tmp_path_factory, device):
                                         "--max-steps", "4"], 32])
     jobs.append(["nan_on_rank1", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--log-every", "1",
                                               "--out", "run"], 32])
-    jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 200])
+    jobs.append(["signal_on_rank1", "02_dcgan", [*CTRL_C, "--epochs", "1", "--log-every", "50"], 96])
     make_images(dump / "celeba" / "img_align_celeba", 64)
+    make_images(dump / "images" / "c", 16)
+    jobs.append(["folder", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
+                                        "--dataroot", str(dump / "images"), "--out", "run"], 0])
+    jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 200])
     alone = [sys.executable, "02_dcgan.py", *ALONE, "--dataroot", str(dump), "--device", device, "--out"]
     results = signal_at_iteration_2([
         ([sys.executable, "-c", FORWARDING, *alone, str(dump / "ctrl_c_alone")], signal.SIGINT),
@@ -101,7 +105,7 @@ def test_two_processes_train_one_model(runs, script):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
-    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 3  # once per job, not twice
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 5  # once per job, not twice
     assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
@@ -144,6 +148,26 @@ def test_ctrl_c_stops_both_processes_at_the_same_iteration(runs):
     assert len(read_csv(dump / "ctrl_c" / "rank0" / "run" / "losses.csv")) == ckpt["iters"]
     for name, value in ranks[1]["params"][0].items():
         assert torch.equal(value, ranks[0]["params"][0][name])
+
+
+def test_a_ctrl_c_in_one_process_stops_all_at_the_same_iteration_without_waiting(runs):
+    """Rank 1 alone has a Ctrl-C, during its iteration 3. Its vote, cast at that iteration's
+    end in the background, is counted at the next one's: both stop there, after 5 iterations,
+    and no all_reduce was waited for where it was made."""
+    dump, _ = runs
+    ranks = ranks_of(dump, "signal_on_rank1")
+    assert [r["status"] for r in ranks] == [130, 130] and [r["iters"] for r in ranks] == [5, 5]
+    assert all(r["reduces"] == [True] * 4 for r in ranks)  # a vote an iteration, none waited
+    assert load(dump / "signal_on_rank1" / "rank0" / "run" / "checkpoint.pt")["iters"] == 5
+
+
+def test_one_process_of_a_machine_builds_the_decoded_cache(runs):
+    """The folder's cache: rank 0 builds it while rank 1 waits, then rank 1 reads it; one file."""
+    dump, _ = runs
+    assert [r["status"] for r in ranks_of(dump, "folder")] == [0, 0]
+    assert [r["builds"] for r in ranks_of(dump, "folder")] == [1, 0]
+    caches = [f for f in os.listdir(dump / "images") if f.startswith("gan-cache-")]
+    assert len(caches) == 1 and caches[0].endswith(".npy"), caches  # and no temporary file
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")

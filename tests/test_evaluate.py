@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+import torchvision.transforms.functional as TF
+from PIL import Image
 
 import common
 from conftest import load_script, make_images, usage_error, user_error
@@ -353,3 +355,68 @@ def test_n_is_at_least_one_and_at_most_the_documented_maximum(tmp_path, capsys):
         assert "argument --n" in usage_error(evaluate.main, [none, "--n", n], capsys)
     assert "at most 50000" in usage_error(evaluate.main, [none, "--n", "50001"], capsys)
     assert evaluate.parser.parse_args([none, "--n", "50000"]).n == 50000  # the maximum itself is fine
+
+
+# --- --neighbours: did it just memorise? --------------------------------------------------------
+def test_nearest_finds_a_training_row_itself_at_distance_zero_whatever_the_chunks():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 40, generator=g)
+    queries = torch.cat([train[[5, 123, 299]], torch.randn(20, 40, generator=g)])
+    dist, idx = evaluate.nearest(queries, train, chunk=7)  # 4 chunks, the last one short
+    assert idx[:3, 0].tolist() == [5, 123, 299] and dist[:3, 0].max() < 1e-3
+    naive = (queries[:, None] - train[None]).norm(dim=2).sort(dim=1)  # every distance, no cdist
+    assert torch.equal(idx, naive.indices[:, :3])
+    torch.testing.assert_close(dist, naive.values[:, :3], atol=1e-3, rtol=1e-5)
+
+
+def test_a_generator_that_copies_training_images_is_far_below_one_and_held_out_ones_are_one(
+        data, tmp_path, capsys):
+    """PNG grids stand in for the two generators: 24 training images, and the 24 test images
+    that evaluate.py draws as its held-out ones (FakeData's pixels are 8-bit: read back exactly)."""
+    train, _, _ = evaluate.load_images("fake", str(data))
+    held_out, _, _ = evaluate.load_images("fake", str(data), train=False, n=24)
+    figure = {}
+    for name, images in [("copier", train[:24]), ("held_out", held_out)]:
+        os.makedirs(tmp_path / name)
+        common.save_grid(images, str(tmp_path / name / "g.png"))
+        result, _ = scores([str(tmp_path / name / "g.png"), "--dataset", "fake", "--dataroot", str(data),
+                            "--neighbours"], capsys)
+        figure[name] = result["memorisation"]
+    for space in ("features", "pixels"):
+        assert figure["copier"][space]["ratio"] < 0.01 and figure["held_out"][space]["ratio"] == pytest.approx(1)
+    # each copy's nearest training image, in both spaces, is the image it copies; the next is another
+    png = TF.pil_to_tensor(Image.open(tmp_path / "copier" / "neighbours.png"))
+    assert png.shape == (3, 32 + 8 + 92 + 8 + 92, 24 * 30 + 2)  # rows of 28 + 2 of border, gaps of 8
+    top, by_features, by_pixels, second = png[:, 2:30], png[:, 42:70], png[:, 142:170], png[:, 72:100]
+    assert torch.equal(by_features, top) and torch.equal(by_pixels, top) and not torch.equal(second, top)
+
+
+def test_neighbours_png_is_the_samples_then_by_features_then_by_pixels_nearest_first(tmp_path):
+    """Each rank of each space in a grey of its own: the rows must come in the documented order."""
+    grey = lambda v, k=1: torch.full((5, k, 1, 28, 28), v)  # 5 samples; k neighbours of each
+    by_features = torch.cat([grey(-0.5), grey(0.0), grey(0.5)], dim=1)
+    by_pixels = torch.cat([grey(0.6), grey(0.8), grey(1.0)], dim=1)
+    evaluate.save_neighbours(grey(-1.0)[:, 0], [by_features, by_pixels], str(tmp_path / "n.png"))
+    png = TF.pil_to_tensor(Image.open(tmp_path / "n.png"))
+    rows = [png[0, y + 14, 16].item() for y in (0, 40, 70, 100, 140, 170, 200)]  # a cell's middle
+    assert rows == [round((v + 1) / 2 * 255) for v in (-1, -0.5, 0, 0.5, 0.6, 0.8, 1.0)]
+
+
+def test_neighbours_of_a_checkpoint_go_beside_it_and_into_the_json(ckpt01, capsys):
+    result, text = scores([ckpt01, "--n", "10", "--neighbours"], capsys)
+    figure = result.pop("memorisation")
+    assert set(figure) == {"features", "pixels", "held_out_n"} and figure["held_out_n"] == 10
+    for space in ("features", "pixels"):
+        f = figure[space]
+        assert f["generated"] > 0 and f["held_out"] > 0 and f["ratio"] == pytest.approx(f["generated"] / f["held_out"])
+    path = os.path.join(os.path.dirname(ckpt01), "neighbours.png")
+    assert f"Neighbours: {path}" in text and Image.open(path).size == (10 * 30 + 2, 232)  # 10 samples, not 24
+    assert scores([ckpt01, "--n", "10"], capsys)[0] == result  # and the other numbers are as without it
+
+
+def test_neighbours_needs_samples_and_a_dataset_of_evaluates_own_classifier(tmp_path, capsys):
+    argv = ["--train", "--neighbours", "--dataset", "fake", "--dataroot", str(tmp_path)]
+    assert "--neighbours looks for the nearest training images of samples" in usage_error(evaluate.main, argv, capsys)
+    common.save_grid(torch.rand(4, 3, 32, 32) * 2 - 1, str(tmp_path / "g.png"))
+    msg = user_error(evaluate.main, [str(tmp_path / "g.png"), "--dataset", "cifar10", "--neighbours"])
+    assert msg.startswith("error: --neighbours is for MNIST and Fashion-MNIST") and msg.endswith("cifar10 has neither")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import common
-from conftest import ROOT, load, load_script, make_images, read_csv, usage_error, user_error
+from conftest import ROOT, load, load_script, make_images, read_csv, tmpfs, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
@@ -46,15 +46,8 @@ def temporary_files(folder):
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MB filesystem (a tmpfs), where this machine lets the tests mount one."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                      capture_output=True).returncode:
-        pytest.skip("this machine does not let the tests mount a tmpfs")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        yield disk
 
 
 def test_a_full_disk_keeps_the_checkpoint_and_leaves_no_partial_file(small_disk):

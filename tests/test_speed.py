@@ -7,8 +7,6 @@ import copy
 
 import pytest
 import torch
-import torchvision.datasets as dset
-import torchvision.transforms as transforms
 
 import common
 from conftest import load_script, read_csv
@@ -160,18 +158,6 @@ def test_amp_models_copy_with_their_own_weights(monkeypatch):
     x = torch.ones(2, 4)
     assert torch.equal(twin(x), torch.zeros(2, 1)) and not torch.equal(model(x), torch.zeros(2, 1))
     assert model(x).dtype == torch.float32  # computed in bfloat16, handed back in float32
-
-
-def test_small_datasets_are_transformed_once_into_memory():
-    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
-                                    transforms.Normalize((0.5,), (0.5,))])
-    data = common.load_dataset("fake", "unused", transform, (1, 28, 28))
-    assert isinstance(data, torch.utils.data.TensorDataset) and len(data) == common.FAKE_SIZE
-    source = dset.FakeData(size=common.FAKE_SIZE, image_size=(1, 28, 28), transform=transform)
-    for k in (0, 5, common.FAKE_SIZE - 1):
-        image, label = source[k]
-        assert torch.equal(data[k][0], image) and data[k][1] == label
-    assert data.classes == [str(c) for c in range(10)]
 
 
 def test_pytest_device_cuda_without_a_gpu_stops_at_once(monkeypatch):
