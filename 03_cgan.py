@@ -4,6 +4,7 @@
     python 03_cgan.py                                   # MNIST 32x32, 20 epochs; row i of the grid = digit i
     python 03_cgan.py --generate 10 --labels 7          # ten 7s from the trained checkpoint
     python 03_cgan.py --generate 100                    # ten of each class, one row per class
+    python 03_cgan.py --generate 100 --walk 10          # class morphs: row r turns digit r into r + 1
     python 03_cgan.py --dataset folder --dataroot my_labelled_images   # classes = sub-folders
     torchrun --nproc_per_node=4 03_cgan.py              # 4 GPUs (docs/shared.md)
 
@@ -38,7 +39,9 @@ parser = common.make_parser(
 parser.add_argument("--image-size", type=int, default=32, choices=[32],
                     help="fixed at 32 by the architecture (default: 32)")
 parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
-                    help="with --generate N: the classes to draw, N/len(L) each (default: all)")
+                    help="with --generate N: the classes to draw, N/len(L) each (default: all); "
+                         "with --walk K too: one class, walks of z within it, or two, a,b: each "
+                         "row morphs a into b (default: row r morphs class r into r + 1)")
 
 
 def channels(dataset):
@@ -295,8 +298,17 @@ def main(argv=None):
                       "Generator and Discriminator Loss During Training")
 
 
-# --generate N [--labels L,...]: N samples of a checkpoint's G, a row per class (default: all)
+# --generate N [--labels L,...]: N samples of a checkpoint's G, a row per class (default: all);
+# with --walk K, N/K walks instead: a class morph, or with --labels C, latent walks within class C
 def generate(args, ckpt, device):
+    if args.walk:
+        batches, a, b, classes = walks(args, ckpt, device)
+        paths = common.save_walks(args.out, args.walk, batches)
+        rows = dict.fromkeys(zip(a.tolist(), b.tolist()))  # the rows' classes, each pair once
+        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
+              + " and ".join(paths) + ": classes " + ", ".join(
+                  classes[i] if i == j else f"{classes[i]} to {classes[j]}" for i, j in rows))
+        return 0
     batches, asked, classes = samples(args, ckpt, device)
     labels = asked.unique_consecutive().tolist()  # the classes asked for, in their order
     path = common.save_generated(args.out, args.generate, batches, nrow=len(asked) // len(labels))
@@ -305,7 +317,9 @@ def generate(args, ckpt, device):
     return 0
 
 
-def samples(args, ckpt, device):  # evaluate.py's too: 256 at a time, and the class asked of each
+# The generator of a checkpoint (or of a netG.pt), its one-hot table, its class names, and the
+# classes asked for
+def generator(args, ckpt, device):
     if "deconv1_2.weight" not in ckpt["netG"]:
         raise common.UserError(f"{args.checkpoint} does not hold a generator of 03_cgan.py")
     num_classes = ckpt["netG"]["deconv1_2.weight"].shape[0]
@@ -316,17 +330,67 @@ def samples(args, ckpt, device):  # evaluate.py's too: 256 at a time, and the cl
         names = ", ".join(f"{c}: {name}" for c, name in enumerate(classes))
         raise common.UserError(f"--labels {','.join(map(str, bad))}: this generator knows "
                                f"{num_classes} classes, numbered 0 to {num_classes - 1} ({names})")
+    netG = Generator(args.nz, args.ngf, channels(args.dataset), num_classes).to(device)
+    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
+    onehot, _ = label_tables(num_classes, args.image_size, device)
+    return netG, onehot, classes, labels
+
+
+def samples(args, ckpt, device):  # evaluate.py's too: 256 at a time, and the class asked of each
+    netG, onehot, classes, labels = generator(args, ckpt, device)
     per_class, rest = divmod(args.generate, len(labels))
     if per_class == 0 or rest:
         raise common.UserError(f"--generate {args.generate} does not split into equal rows for "
                                f"{len(labels)} classes: use a multiple of {len(labels)}")
-    netG = Generator(args.nz, args.ngf, channels(args.dataset), num_classes).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    onehot, _ = label_tables(num_classes, args.image_size, device)
     torch.manual_seed(args.seed)
     asked = torch.tensor(labels).repeat_interleave(per_class)
     return (sample(netG, torch.randn(len(y), args.nz, 1, 1, device=device), onehot[y.to(device)])
             for y in asked.split(256)), asked, classes
+
+
+# Latent walks, as in 02 (§12.2.2), and this script's own, the class morph (§12.5.1: G(z|y) is a
+# function of y as much as of z). With --labels C: walks between two random z, the label held
+# at C. Otherwise a z is held along each row while G's one-hot label input goes from class a to
+# class b in K steps, y = (1-t) onehot[a] + t onehot[b]: at the ends the one-hots G was trained
+# on, between them mixtures it never saw. --labels a,b: every row from a to b; by default row r
+# from class r to r + 1, the last class back to the first (MNIST: 0 to 1, ..., 9 to 0).
+def walks(args, ckpt, device):
+    netG, onehot, classes, labels = generator(args, ckpt, device)
+    morph = len(labels) > 1
+    if len(labels) > 2 and args.labels:
+        raise common.UserError(f"--walk --labels {','.join(map(str, labels))}: give one class (walks "
+                               "of z within it) or two, a,b (each row morphs a into b)")
+    if morph and args.interp:
+        raise common.UserError("--interp picks the path of z, and a class morph holds z along its row: "
+                               "for walks of z, hold the class with --labels C")
+    torch.manual_seed(args.seed)
+    n, nz, t = args.generate // args.walk, args.nz, torch.linspace(0, 1, args.walk, device=device)
+    if morph:
+        z = torch.randn(n, 1, nz, device=device).expand(-1, args.walk, -1)
+    else:
+        z = interpolate(torch.randn(n, nz, device=device), torch.randn(n, nz, device=device), t, args.interp)
+    if args.labels:  # from the first class given to the last (one class: held)
+        a, b = torch.full((n,), labels[0], device=device), torch.full((n,), labels[-1], device=device)
+    else:
+        a = torch.arange(n, device=device) % len(classes)
+        b = (a + 1) % len(classes)
+    y = interpolate(onehot[a].view(n, -1), onehot[b].view(n, -1), t, "lerp")  # n x K x classes
+    z, y = z.reshape(-1, nz, 1, 1), y.reshape(-1, len(classes), 1, 1)  # G's two inputs
+    return (sample(netG, zb, yb) for zb, yb in zip(z.split(256), y.split(256))), a, b, classes
+
+
+# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
+# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
+# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
+# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
+#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
+def interpolate(z0, z1, t, interp):
+    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
+    if interp == "lerp":
+        return (1 - t) * z0 + t * z1
+    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
+    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
+    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":

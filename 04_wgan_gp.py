@@ -9,6 +9,7 @@ code of the tutorial 002 and Gulrajani et al.'s Algorithm 1.
     python 04_wgan_gp.py --dataset celeba --image-size 64  # the same recipe on faces
     python 04_wgan_gp.py --clip 0.01                       # the original WGAN: weight clipping, no penalty
     python 04_wgan_gp.py --generate 64 --checkpoint runs/04_wgan_gp-mnist/checkpoint.pt
+    python 04_wgan_gp.py --generate 80 --walk 10           # 8 latent walks of 10 steps: walk.png, walk.gif
     torchrun --nproc_per_node=4 04_wgan_gp.py --dataset celeba --image-size 64  # 4 GPUs (docs/shared.md)
 
 A run writes into runs/04_wgan_gp-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
@@ -316,8 +317,14 @@ def main(argv=None):
     return run.finish(real_batch[0][:64], curves, "Critic's Wasserstein estimate and the losses during training")
 
 
-# --generate N: N new samples from the generator of a checkpoint (or of a netG.pt)
+# --generate N: N new samples from the generator of a checkpoint (or of a netG.pt); with
+# --walk K, N/K latent walks instead
 def generate(args, ckpt, device):
+    if args.walk:
+        paths = common.save_walks(args.out, args.walk, walks(args, ckpt, device))
+        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
+              + " and ".join(paths))
+        return 0
     path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
     print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
     return 0
@@ -330,6 +337,33 @@ def samples(args, ckpt, device):
     torch.manual_seed(args.seed)
     return (sample(netG, torch.randn(min(256, args.generate - k), args.nz, device=device))
             for k in range(0, args.generate, 256))
+
+
+# A latent walk: §12.2.2's G maps the random variable z to an image, so a path from one z to
+# another is a path through G's images, and a smooth one shows a smooth map (not a lookup of
+# training images). N/K walks of K images; sample() keeps BatchNorm in eval mode, as above.
+def walks(args, ckpt, device):
+    netG = Generator(args.nz, channels(args.dataset), args.image_size).to(device)
+    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
+    torch.manual_seed(args.seed)
+    n, nz = args.generate // args.walk, args.nz
+    z0, z1 = torch.randn(n, nz, device=device), torch.randn(n, nz, device=device)
+    z = interpolate(z0, z1, torch.linspace(0, 1, args.walk, device=device), args.interp)
+    return (sample(netG, zb) for zb in z.view(-1, nz).split(256))
+
+
+# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
+# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
+# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
+# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
+#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
+def interpolate(z0, z1, t, interp):
+    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
+    if interp == "lerp":
+        return (1 - t) * z0 + t * z1
+    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
+    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
+    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":
