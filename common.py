@@ -356,9 +356,11 @@ def _first_on_each_machine():
     later = ranked and int(os.environ.get("LOCAL_RANK", 0)) > 0
     if later:
         dist.barrier(group=_GROUP)
-    yield
-    if ranked and not later:
-        dist.barrier(group=_GROUP)
+    try:
+        yield
+    finally:  # after a failure too: the others then meet it themselves, and say so
+        if ranked and not later:
+            dist.barrier(group=_GROUP)
 
 
 def _downloaded(cls, folder):
