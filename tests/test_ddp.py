@@ -66,6 +66,10 @@ def started(tmp_path_factory, device):
     make_images(dump / "images" / "c", 16)
     jobs.append(["folder", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
                                         "--dataroot", str(dump / "images"), "--out", "run"], 0])
+    make_images(dump / "broken_images" / "c", 8)
+    (dump / "broken_images" / "c" / "0005.jpg").write_bytes(b"not a jpeg")
+    jobs.append(["broken", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
+                                        "--dataroot", str(dump / "broken_images"), "--out", "run"], 0])
     jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 200])
     alone = [sys.executable, "02_dcgan.py", *ALONE, "--dataroot", str(dump), "--device", device, "--out"]
     results = signal_at_iteration_2([
@@ -105,7 +109,7 @@ def test_two_processes_train_one_model(runs, script):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
-    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 5  # once per job, not twice
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 5  # once a job that trains
     assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
@@ -166,8 +170,20 @@ def test_one_process_of_a_machine_builds_the_decoded_cache(runs):
     dump, _ = runs
     assert [r["status"] for r in ranks_of(dump, "folder")] == [0, 0]
     assert [r["builds"] for r in ranks_of(dump, "folder")] == [1, 0]
-    caches = [f for f in os.listdir(dump / "images") if f.startswith("gan-cache-")]
+    caches = caches_in(dump / "images")
     assert len(caches) == 1 and caches[0].endswith(".npy"), caches  # and no temporary file
+
+
+def caches_in(folder):
+    return [f for f in os.listdir(folder) if f.startswith("gan-cache-")]
+
+
+def test_a_broken_image_during_the_build_stops_every_process_with_its_message(runs):
+    """Rank 0 meets it first; rank 1, no longer waiting for rank 0's build, meets it too."""
+    dump, _ = runs
+    for rank in ranks_of(dump, "broken"):
+        assert rank["status"].startswith("cannot read image ") and "0005.jpg" in rank["status"]
+    assert caches_in(dump / "broken_images") == []
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
