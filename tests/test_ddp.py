@@ -47,8 +47,9 @@ def started(tmp_path_factory, device):
     """Everything that runs in new processes, started at once (starting torch is most of the
     time, and the starts overlap on two cores), each stopped by its signal at iteration 2:
     torchrun with its jobs (the four scripts from scratch, 02 resuming a checkpoint that one
-    process wrote, 02 diverging in one process, and last a run of 200 images, long enough to
-    press Ctrl-C while it trains); and 02 alone, on images its workers read from disk, with a
+    process wrote, 02 diverging in one process, 02 on a folder's decoded cache with a Ctrl-C in
+    one process alone, a folder with a broken image, and last a run of 200 images, long enough
+    to press Ctrl-C while it trains); and 02 alone, on images its workers read from disk, with a
     Ctrl-C through a forwarding launcher, and with SIGTERM to every process of the job."""
     dump = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
@@ -61,11 +62,11 @@ def started(tmp_path_factory, device):
                                         "--max-steps", "4"], 32])
     jobs.append(["nan_on_rank1", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--log-every", "1",
                                               "--out", "run"], 32])
-    jobs.append(["signal_on_rank1", "02_dcgan", [*CTRL_C, "--epochs", "1", "--log-every", "50"], 96])
+    make_images(dump / "images" / "c", 48)  # 6 iterations an epoch, from the decoded cache
+    jobs.append(["signal_on_rank1", "02_dcgan", [*CTRL_C, "--dataset", "folder", "--dataroot",
+                                                 str(dump / "images"), "--epochs", "1",
+                                                 "--log-every", "50"], 0])
     make_images(dump / "celeba" / "img_align_celeba", 64)
-    make_images(dump / "images" / "c", 16)
-    jobs.append(["folder", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
-                                        "--dataroot", str(dump / "images"), "--out", "run"], 0])
     make_images(dump / "broken_images" / "c", 8)
     (dump / "broken_images" / "c" / "0005.jpg").write_bytes(b"not a jpeg")
     jobs.append(["broken", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
@@ -109,7 +110,7 @@ def test_two_processes_train_one_model(runs, script):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
-    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 5  # once a job that trains
+    assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 4  # once a job that trains
     assert "torchrun: 2 processes" in stdout and "global batch of 8" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
@@ -166,10 +167,10 @@ def test_a_ctrl_c_in_one_process_stops_all_at_the_same_iteration_without_waiting
 
 
 def test_one_process_of_a_machine_builds_the_decoded_cache(runs):
-    """The folder's cache: rank 0 builds it while rank 1 waits, then rank 1 reads it; one file."""
+    """The folder's cache (of the job above): rank 0 builds it while rank 1 waits, then rank 1
+    reads it; one file."""
     dump, _ = runs
-    assert [r["status"] for r in ranks_of(dump, "folder")] == [0, 0]
-    assert [r["builds"] for r in ranks_of(dump, "folder")] == [1, 0]
+    assert [r["builds"] for r in ranks_of(dump, "signal_on_rank1")] == [1, 0]
     caches = caches_in(dump / "images")
     assert len(caches) == 1 and caches[0].endswith(".npy"), caches  # and no temporary file
 
