@@ -2,6 +2,7 @@
 indexing, the decoded cache of image folders, and what the models see from both: the very
 tensors of the chapter's transform, in the same order."""
 import os
+import pickle
 import subprocess
 import types
 
@@ -101,6 +102,10 @@ def test_the_decoded_cache_gives_the_transforms_tensors_and_is_built_once(run, t
     [name] = caches(root)
     assert name.endswith(".npy") and isinstance(loader, common.Batches)
     assert loader.dataset.images.shape == (24, 3, 64, 64)
+    # a worker started by spawn (macOS, Windows) gets the path and maps the file itself
+    sent = pickle.dumps(loader.dataset)
+    assert len(sent) < loader.dataset.images.nbytes / 10
+    assert torch.equal(pickle.loads(sent).images, loader.dataset.images)
     assert_same_batches(batches(loader, 2, 8), the_chapters(data, loader))
     built = []
     monkeypatch.setattr(common, "_build_cache", lambda *a: built.append(a))
