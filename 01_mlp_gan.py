@@ -5,8 +5,8 @@
     python 01_mlp_gan.py --g-loss minimax       # Eq. (1) as written (§12.3 D, §12.7.1)
     python 01_mlp_gan.py --g-loss minimax --k 5 # a stronger D: watch G's minimax loss stall near 0
     python 01_mlp_gan.py --k 3 --smooth 0.9     # k D-steps per G-step (§12.2.4); one-sided label smoothing
-    python 01_mlp_gan.py --generate 100 --checkpoint runs/01_mlp_gan-mnist/checkpoint.pt
-    python 01_mlp_gan.py --generate 80 --walk 10 # 8 latent walks of 10 steps: walk.png, walk.gif
+    python sample.py runs/01_mlp_gan-mnist/checkpoint.pt --n 100          # new digits (sample.py)
+    python sample.py runs/01_mlp_gan-mnist/checkpoint.pt --n 80 --walk 10 # 8 latent walks
     torchrun --nproc_per_node=2 01_mlp_gan.py --device cpu  # two processes (docs/shared.md)
 
 A run writes into runs/01_mlp_gan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
@@ -16,12 +16,13 @@ The lesson notes, results and choices of this script: docs/01_mlp_gan.md.
 import os
 import random
 
-import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
+
+import common
 
 SCRIPT = "01_mlp_gan"
 
@@ -106,7 +107,7 @@ class Generator(nn.Module):
         return self.model(z).view(z.size(0), 1, 28, 28)
 
 
-# Samples for the fixed-noise snapshots and --generate (an MLP without BatchNorm: no train/eval
+# Samples for the fixed-noise snapshots and sample.py (an MLP without BatchNorm: no train/eval
 # difference, each image depends on its own z only)
 def sample(netG, noise):
     netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
@@ -122,8 +123,6 @@ def main(argv=None):
     # An NVIDIA GPU, else Apple's, else the CPU
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
-    if args.generate:
-        return generate(args, ckpt, device)
     # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
     run = common.Run(SCRIPT, args, ckpt, device)
     device = run.device  # under torchrun: this process's GPU
@@ -235,56 +234,6 @@ def main(argv=None):
     G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")
     return run.finish(real_batch[0][:64], {"G": G_losses, "D": D_losses},
                       "Generator and Discriminator Loss During Training")
-
-
-# --generate N: N new samples from the generator of a checkpoint (or of a netG.pt); with
-# --walk K, N/K latent walks instead
-def generate(args, ckpt, device):
-    if args.walk:
-        paths = common.save_walks(args.out, args.walk, walks(args, ckpt, device))
-        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
-              + " and ".join(paths))
-        return 0
-    path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
-    return 0
-
-
-# The images of --generate (and of evaluate.py), in batches, noise and images alike, so that
-# memory is one batch's at any N
-def samples(args, ckpt, device):
-    netG = Generator(args.nz).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    return (sample(netG, torch.randn(min(1024, args.generate - k), args.nz, device=device))
-            for k in range(0, args.generate, 1024))
-
-
-# A latent walk: §12.2.2's G maps the random variable z to an image, so a path from one z to
-# another is a path through G's images, and a smooth one shows a smooth map (not a lookup of
-# training images). N/K walks of K images; sample() needs no eval mode: this G has no BatchNorm.
-def walks(args, ckpt, device):
-    netG = Generator(args.nz).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    n, nz = args.generate // args.walk, args.nz
-    z0, z1 = torch.randn(n, nz, device=device), torch.randn(n, nz, device=device)
-    z = interpolate(z0, z1, torch.linspace(0, 1, args.walk, device=device), args.interp)
-    return (sample(netG, zb) for zb in z.view(-1, nz).split(1024))
-
-
-# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
-# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
-# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
-# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
-#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
-def interpolate(z0, z1, t, interp):
-    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
-    if interp == "lerp":
-        return (1 - t) * z0 + t * z1
-    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
-    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
-    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":

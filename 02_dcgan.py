@@ -5,8 +5,7 @@
     python 02_dcgan.py --dataset mnist --ngf 128 --ndf 128 --epochs 20  # §12.4.6 (downloads MNIST)
     python 02_dcgan.py --dataset fake --max-steps 20 --ngf 16 --ndf 16  # a quick try, no data
     python 02_dcgan.py --resume runs/02_dcgan-celeba/checkpoint.pt      # go on after Ctrl-C
-    python 02_dcgan.py --generate 64 --checkpoint runs/02_dcgan-celeba/checkpoint.pt
-    python 02_dcgan.py --generate 64 --walk 8 --checkpoint runs/02_dcgan-celeba/checkpoint.pt  # latent walks
+    python sample.py runs/02_dcgan-celeba/checkpoint.pt --n 64          # new faces (sample.py)
     torchrun --nproc_per_node=4 02_dcgan.py --dataset celeba            # 4 GPUs (docs/shared.md)
 
 A run writes into runs/02_dcgan-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
@@ -16,13 +15,14 @@ The lesson notes, results and choices of this script: docs/02_dcgan.md.
 import os
 import random
 
-import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.backends.cudnn as cudnn
 import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
+
+import common
 
 SCRIPT = "02_dcgan"
 
@@ -33,7 +33,6 @@ parser = common.make_parser(
     dataset="celeba",    # the chapter's faces, in <dataroot>/celeba/img_align_celeba/
     dataroot="data",
     workers=None,        # the chapter has 2; we pick by dataset (docs/speed.md)
-    amp=False,           # --amp: not in the chapter (docs/speed.md)
     batch_size=128,
     nz=100,
     ngf=64,              # §12.4.6 doubles it for MNIST: 128
@@ -144,7 +143,7 @@ class Discriminator(nn.Module):
         return self.main(input)
 
 
-# G's images for the snapshots and --generate, with BatchNorm in eval mode: its running
+# G's images for the snapshots and sample.py, with BatchNorm in eval mode: its running
 # statistics, so an image depends on its own z only, not on the rest of its grid (the chapter
 # samples in train mode; the comparison is in docs/02_dcgan.md).
 def sample(netG, noise):
@@ -166,8 +165,6 @@ def main(argv=None):
     # An NVIDIA GPU, else Apple's, else the CPU
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
-    if args.generate:
-        return generate(args, ckpt, device)
     # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
     run = common.Run(SCRIPT, args, ckpt, device)
     device = run.device  # under torchrun: this process's GPU
@@ -197,7 +194,6 @@ def main(argv=None):
     print(netD)
     # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
     netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
-    netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
     # the chapter's DataParallel for several GPUs: torchrun's DistributedDataParallel instead
     netG, netD = run.parallel(netG), run.parallel(netD)
 
@@ -231,8 +227,8 @@ def main(argv=None):
             # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
             ###########################
             netD.zero_grad()
-            # channels_last like the models (else the first convolution converts it: 13 % of
-            # an --amp step here); non_blocking where it is pinned (CUDA): no wait for the GPU
+            # channels_last like the models (else the first convolution converts it); non_blocking
+            # where it is pinned (CUDA): no wait for the GPU
             real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=run.pinned)
             b_size = real_cpu.size(0)
             label = torch.full((b_size,), real_label, dtype=torch.float, device=device)
@@ -284,56 +280,6 @@ def main(argv=None):
     G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")
     return run.finish(real_batch[0][:64], {"G": G_losses, "D": D_losses},
                       "Generator and Discriminator Loss During Training")
-
-
-# --generate N: N new images from the generator of a checkpoint (or of a netG.pt, whose sizes
-# come from the flags), without training or data; with --walk K, N/K latent walks instead
-def generate(args, ckpt, device):
-    if args.walk:
-        paths = common.save_walks(args.out, args.walk, walks(args, ckpt, device))
-        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
-              + " and ".join(paths))
-        return 0
-    path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
-    return 0
-
-
-# The images of --generate (and of evaluate.py), in batches of 256, noise and images alike, so
-# that memory is one batch's at any N (eval-mode BatchNorm: an image does not depend on its batch)
-def samples(args, ckpt, device):
-    netG = Generator(args.nz, args.ngf, channels(args.dataset)).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    return (sample(netG, torch.randn(min(256, args.generate - k), args.nz, 1, 1, device=device))
-            for k in range(0, args.generate, 256))
-
-
-# A latent walk: §12.2.2's G maps the random variable z to an image, so a path from one z to
-# another is a path through G's images, and a smooth one shows a smooth map (not a lookup of
-# training images). N/K walks of K images; sample() keeps BatchNorm in eval mode, as above.
-def walks(args, ckpt, device):
-    netG = Generator(args.nz, args.ngf, channels(args.dataset)).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    n, nz = args.generate // args.walk, args.nz
-    z0, z1 = torch.randn(n, nz, device=device), torch.randn(n, nz, device=device)
-    z = interpolate(z0, z1, torch.linspace(0, 1, args.walk, device=device), args.interp)
-    return (sample(netG, zb) for zb in z.view(-1, nz, 1, 1).split(256))
-
-
-# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
-# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
-# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
-# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
-#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
-def interpolate(z0, z1, t, interp):
-    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
-    if interp == "lerp":
-        return (1 - t) * z0 + t * z1
-    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
-    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
-    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":

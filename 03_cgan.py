@@ -2,9 +2,9 @@
 
     pip install -r requirements.txt
     python 03_cgan.py                                   # MNIST 32x32, 20 epochs; row i of the grid = digit i
-    python 03_cgan.py --generate 10 --labels 7          # ten 7s from the trained checkpoint
-    python 03_cgan.py --generate 100                    # ten of each class, one row per class
-    python 03_cgan.py --generate 100 --walk 10          # class morphs: row r turns digit r into r + 1
+    python sample.py runs/03_cgan-mnist/checkpoint.pt --n 10 --labels 7   # ten 7s (sample.py)
+    python sample.py runs/03_cgan-mnist/checkpoint.pt --n 100             # a row per class
+    python sample.py runs/03_cgan-mnist/checkpoint.pt --n 100 --walk 10   # class morphs
     python 03_cgan.py --dataset folder --dataroot my_labelled_images   # classes = sub-folders
     torchrun --nproc_per_node=4 03_cgan.py              # 4 GPUs (docs/shared.md)
 
@@ -15,7 +15,6 @@ The lesson notes, results and choices of this script: docs/03_cgan.md.
 import os
 import random
 
-import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.backends.cudnn as cudnn
 import torch.nn as nn
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
+
+import common
 
 SCRIPT = "03_cgan"
 
@@ -33,15 +34,10 @@ parser = common.make_parser(
     dataset="mnist", dataroot="data", batch_size=128, nz=100, ngf=128, ndf=128, epochs=20,
     lr=0.0002, beta1=0.5, seed=999, log_every=50, sample_every=500,
     workers=None,  # the chapter has 2; we pick by dataset (docs/speed.md)
-    amp=False,     # --amp: not in the chapter (docs/speed.md)
 )
 # G below goes 4 -> 8 -> 16 -> 32 and D back: the flag refuses other sizes
 parser.add_argument("--image-size", type=int, default=32, choices=[32],
                     help="fixed at 32 by the architecture (default: 32)")
-parser.add_argument("--labels", type=common.label_list, metavar="L[,L...]",
-                    help="with --generate N: the classes to draw, N/len(L) each (default: all); "
-                         "with --walk K too: one class, walks of z within it, or two, a,b: each "
-                         "row morphs a into b (default: row r morphs class r into r + 1)")
 
 
 def channels(dataset):
@@ -147,7 +143,7 @@ def fixed_inputs(nz, num_classes, device):
     return fixed_z_.to(device), fixed_y_label_.to(device)
 
 
-# G's images for the snapshots and --generate, BatchNorm in eval mode: in train mode a batch of
+# G's images for the snapshots and sample.py, BatchNorm in eval mode: in train mode a batch of
 # only 7s would be normalised by its own statistics, unlike G's training batches (docs/03_cgan.md)
 def sample(netG, noise, y_label):
     netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
@@ -161,8 +157,6 @@ def sample(netG, noise, y_label):
 
 def main(argv=None):
     args, ckpt = common.get_args(parser, argv, SCRIPT)
-    if args.labels and not args.generate:
-        raise common.UserError("--labels picks the classes that --generate draws: add --generate N")
     dataroot, workers, batch_size, image_size = args.dataroot, args.workers, args.batch_size, args.image_size
     nz, ngf, ndf, num_epochs, lr, beta1 = args.nz, args.ngf, args.ndf, args.epochs, args.lr, args.beta1
     nc = channels(args.dataset)
@@ -170,8 +164,6 @@ def main(argv=None):
     # An NVIDIA GPU, else Apple's, else the CPU
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
-    if args.generate:
-        return generate(args, ckpt, device)
     # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
     run = common.Run(SCRIPT, args, ckpt, device)
     device = run.device  # under torchrun: this process's GPU
@@ -201,7 +193,6 @@ def main(argv=None):
     print(netD)
     # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
     netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
-    netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
     # the chapter's DataParallel for several GPUs: torchrun's DistributedDataParallel instead
     netG, netD = run.parallel(netG), run.parallel(netD)
 
@@ -221,10 +212,10 @@ def main(argv=None):
 
     print("Starting Training Loop...")
     for epoch in range(num_epochs):
-        # made on the device: a copy from the CPU would make the loop wait for the GPU (the .to
-        # that stands for the chapter's .cuda() then has nothing to do)
-        y_real_ = torch.ones(batch_size, device=device)
-        y_fake_ = torch.zeros(batch_size, device=device)
+        # the targets, made on the CPU and copied as the chapter does (.to for its .cuda()): the
+        # copy waits for the GPU, here and at the epoch's last batch, where the checkpoint waits
+        y_real_ = torch.ones(batch_size)
+        y_fake_ = torch.zeros(batch_size)
         y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
         # run.enumerate: the chapter's enumerate, which also resumes, saves and stops
         for i, data in run.enumerate(dataloader, epoch):
@@ -236,8 +227,8 @@ def main(argv=None):
             real_cpu = data[0].to(device, memory_format=torch.channels_last, non_blocking=run.pinned)
             b_size = real_cpu.size(0)  # (the chapter's next line, label = ..., is never used)
             if b_size != batch_size:  # the epoch's last batch
-                y_real_ = torch.ones(b_size, device=device)
-                y_fake_ = torch.zeros(b_size, device=device)
+                y_real_ = torch.ones(b_size)
+                y_fake_ = torch.zeros(b_size)
                 y_real_, y_fake_ = y_real_.to(device), y_fake_.to(device)
             y_fill_ = fill[data[1].to(device, non_blocking=run.pinned)]  # fill is on the device
             output = netD(real_cpu, y_fill_).view(-1)
@@ -296,101 +287,6 @@ def main(argv=None):
     G_losses, D_losses = run.column("Loss_G"), run.column("Loss_D")
     return run.finish(real_batch[0][:64], {"G": G_losses, "D": D_losses},
                       "Generator and Discriminator Loss During Training")
-
-
-# --generate N [--labels L,...]: N samples of a checkpoint's G, a row per class (default: all);
-# with --walk K, N/K walks instead: a class morph, or with --labels C, latent walks within class C
-def generate(args, ckpt, device):
-    if args.walk:
-        batches, a, b, classes = walks(args, ckpt, device)
-        paths = common.save_walks(args.out, args.walk, batches)
-        rows = dict.fromkeys(zip(a.tolist(), b.tolist()))  # the rows' classes, each pair once
-        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
-              + " and ".join(paths) + ": classes " + ", ".join(
-                  classes[i] if i == j else f"{classes[i]} to {classes[j]}" for i, j in rows))
-        return 0
-    batches, asked, classes = samples(args, ckpt, device)
-    labels = asked.unique_consecutive().tolist()  # the classes asked for, in their order
-    path = common.save_generated(args.out, args.generate, batches, nrow=len(asked) // len(labels))
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}: classes in order "
-          + ", ".join(classes[c] for c in labels) + (", one row each" if path.endswith(".png") else ""))
-    return 0
-
-
-# The generator of a checkpoint (or of a netG.pt), its one-hot table, its class names, and the
-# classes asked for
-def generator(args, ckpt, device):
-    if "deconv1_2.weight" not in ckpt["netG"]:
-        raise common.UserError(f"{args.checkpoint} does not hold a generator of 03_cgan.py")
-    num_classes = ckpt["netG"]["deconv1_2.weight"].shape[0]
-    classes = ckpt.get("classes") or [str(c) for c in range(num_classes)]
-    labels = args.labels or list(range(num_classes))
-    bad = [y for y in labels if not 0 <= y < num_classes]
-    if bad:
-        names = ", ".join(f"{c}: {name}" for c, name in enumerate(classes))
-        raise common.UserError(f"--labels {','.join(map(str, bad))}: this generator knows "
-                               f"{num_classes} classes, numbered 0 to {num_classes - 1} ({names})")
-    netG = Generator(args.nz, args.ngf, channels(args.dataset), num_classes).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    onehot, _ = label_tables(num_classes, args.image_size, device)
-    return netG, onehot, classes, labels
-
-
-def samples(args, ckpt, device):  # evaluate.py's too: 256 at a time, and the class asked of each
-    netG, onehot, classes, labels = generator(args, ckpt, device)
-    per_class, rest = divmod(args.generate, len(labels))
-    if per_class == 0 or rest:
-        raise common.UserError(f"--generate {args.generate} does not split into equal rows for "
-                               f"{len(labels)} classes: use a multiple of {len(labels)}")
-    torch.manual_seed(args.seed)
-    asked = torch.tensor(labels).repeat_interleave(per_class)
-    return (sample(netG, torch.randn(len(y), args.nz, 1, 1, device=device), onehot[y.to(device)])
-            for y in asked.split(256)), asked, classes
-
-
-# Latent walks, as in 02 (§12.2.2), and this script's own, the class morph (§12.5.1: G(z|y) is a
-# function of y as much as of z). With --labels C: walks between two random z, the label held
-# at C. Otherwise a z is held along each row while G's one-hot label input goes from class a to
-# class b in K steps, y = (1-t) onehot[a] + t onehot[b]: at the ends the one-hots G was trained
-# on, between them mixtures it never saw. --labels a,b: every row from a to b; by default row r
-# from class r to r + 1, the last class back to the first (MNIST: 0 to 1, ..., 9 to 0).
-def walks(args, ckpt, device):
-    netG, onehot, classes, labels = generator(args, ckpt, device)
-    morph = len(labels) > 1
-    if len(labels) > 2 and args.labels:
-        raise common.UserError(f"--walk --labels {','.join(map(str, labels))}: give one class (walks "
-                               "of z within it) or two, a,b (each row morphs a into b)")
-    if morph and args.interp:
-        raise common.UserError("--interp picks the path of z, and a class morph holds z along its row: "
-                               "for walks of z, hold the class with --labels C")
-    torch.manual_seed(args.seed)
-    n, nz, t = args.generate // args.walk, args.nz, torch.linspace(0, 1, args.walk, device=device)
-    if morph:
-        z = torch.randn(n, 1, nz, device=device).expand(-1, args.walk, -1)
-    else:
-        z = interpolate(torch.randn(n, nz, device=device), torch.randn(n, nz, device=device), t, args.interp)
-    if args.labels:  # from the first class given to the last (one class: held)
-        a, b = torch.full((n,), labels[0], device=device), torch.full((n,), labels[-1], device=device)
-    else:
-        a = torch.arange(n, device=device) % len(classes)
-        b = (a + 1) % len(classes)
-    y = interpolate(onehot[a].view(n, -1), onehot[b].view(n, -1), t, "lerp")  # n x K x classes
-    z, y = z.reshape(-1, nz, 1, 1), y.reshape(-1, len(classes), 1, 1)  # G's two inputs
-    return (sample(netG, zb, yb) for zb, yb in zip(z.split(256), y.split(256))), a, b, classes
-
-
-# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
-# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
-# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
-# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
-#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
-def interpolate(z0, z1, t, interp):
-    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
-    if interp == "lerp":
-        return (1 - t) * z0 + t * z1
-    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
-    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
-    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":

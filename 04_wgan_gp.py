@@ -8,8 +8,7 @@ code of the tutorial 002 and Gulrajani et al.'s Algorithm 1.
     python 04_wgan_gp.py                                   # MNIST 28x28 (downloads it), 10 epochs
     python 04_wgan_gp.py --dataset celeba --image-size 64  # the same recipe on faces
     python 04_wgan_gp.py --clip 0.01                       # the original WGAN: weight clipping, no penalty
-    python 04_wgan_gp.py --generate 64 --checkpoint runs/04_wgan_gp-mnist/checkpoint.pt
-    python 04_wgan_gp.py --generate 80 --walk 10           # 8 latent walks of 10 steps: walk.png, walk.gif
+    python sample.py runs/04_wgan_gp-mnist/checkpoint.pt --n 64       # new digits (sample.py)
     torchrun --nproc_per_node=4 04_wgan_gp.py --dataset celeba --image-size 64  # 4 GPUs (docs/shared.md)
 
 A run writes into runs/04_wgan_gp-<dataset>/ (or --out): real_samples.png, fake_samples_XXXXXX.png,
@@ -19,13 +18,14 @@ The lesson notes, results and choices of this script: docs/04_wgan_gp.md.
 import os
 import random
 
-import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.backends.cudnn as cudnn
 import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data
 import torchvision.transforms as transforms
+
+import common
 
 SCRIPT = "04_wgan_gp"
 
@@ -34,11 +34,10 @@ SCRIPT = "04_wgan_gp"
 parser = common.make_parser(
     __doc__,
     datasets=["mnist", "fashion-mnist", "cifar10", "celeba", "folder", "fake"],
-    defaults_said={"lr": "0.0001 with Adam; with --clip, 0.00005 with RMSprop, as the WGAN paper"},
+    lr_said="0.0001 with Adam; with --clip, 0.00005 with RMSprop, as the WGAN paper",
     dataset="mnist",
     dataroot="data",
     workers=None,        # the chapter has 2; we pick by dataset (docs/speed.md)
-    amp=False,           # --amp: bfloat16 forward passes (docs/speed.md)
     batch_size=64,
     nz=100,              # latent_dim
     epochs=10,           # 002's DCGAN config has 5; MNIST digits read clearly after 10 (docs)
@@ -153,8 +152,7 @@ def gradient_penalty(critic, real, fake):
     b_size = real.size(0)
     alpha = torch.rand(b_size, 1, 1, 1, device=real.device)           # ε, one per sample
     interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)  # x̂
-    with common.float32():  # --amp: the penalty's double backward stays in float32
-        critic_interpolates = critic(interpolates)                      # D(x̂), one per sample
+    critic_interpolates = critic(interpolates)                          # D(x̂), one per sample
     gradients = torch.autograd.grad(
         outputs=critic_interpolates, inputs=interpolates,               # ∇x̂ D(x̂)
         grad_outputs=torch.ones_like(critic_interpolates),
@@ -164,7 +162,7 @@ def gradient_penalty(critic, real, fake):
     return ((gradient_norm - 1) ** 2).mean()                           # E[(||.|| - 1)²]
 
 
-# Samples for the snapshots and --generate: G's BatchNorm in eval mode, so that each image
+# Samples for the snapshots and sample.py: G's BatchNorm in eval mode, so that each image
 # depends on its own z only (docs/02_dcgan.md, "Sampling: BatchNorm in eval mode")
 def sample(netG, noise):
     netG = common.unwrap(netG)  # torchrun: this process's copy, so no collective call
@@ -187,7 +185,7 @@ def settle_sizes(args):
                                "and at most 256 (G's first layer grows with its square)")
     if args.lr is None:
         args.lr = 0.00005 if args.clip else 0.0001
-    if args.clip and args.lambda_gp is not None and not (args.resume or args.generate):
+    if args.clip and args.lambda_gp is not None and not args.resume:
         raise common.UserError("--clip replaces the gradient penalty, so --lambda-gp would do "
                                "nothing: use one of them")
     if args.lambda_gp is None:
@@ -207,8 +205,6 @@ def main(argv=None):
     # An NVIDIA GPU, else Apple's, else the CPU
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
-    if args.generate:
-        return generate(args, ckpt, device)
     # The run's folder, checkpoints, Ctrl-C and torchrun (common.Run; docs/shared.md)
     run = common.Run(SCRIPT, args, ckpt, device)
     device = run.device  # under torchrun: this process's GPU
@@ -236,7 +232,6 @@ def main(argv=None):
     print(netD)
     # channels_last: the layout in which oneDNN and cuDNN convolve fastest; same numbers
     netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
-    netG, netD = common.amp(device, args.amp, netG, netD)  # --amp: bfloat16 forward passes
     # several GPUs: torchrun's DistributedDataParallel (docs/shared.md)
     netG, netD = run.parallel(netG), run.parallel(netD)
 
@@ -315,55 +310,6 @@ def main(argv=None):
     # (progress.gif), real vs. fake, and the trained generator (netG.pt)
     curves = {"W = D(x) - D(G(z))": run.column("W"), "critic": run.column("Loss_C"), "G": run.column("Loss_G")}
     return run.finish(real_batch[0][:64], curves, "Critic's Wasserstein estimate and the losses during training")
-
-
-# --generate N: N new samples from the generator of a checkpoint (or of a netG.pt); with
-# --walk K, N/K latent walks instead
-def generate(args, ckpt, device):
-    if args.walk:
-        paths = common.save_walks(args.out, args.walk, walks(args, ckpt, device))
-        print(f"Wrote {args.generate // args.walk} walks of {args.walk} images of {args.checkpoint} to "
-              + " and ".join(paths))
-        return 0
-    path = common.save_generated(args.out, args.generate, samples(args, ckpt, device))
-    print(f"Wrote {args.generate} samples of {args.checkpoint} to {path}")
-    return 0
-
-
-# The images of --generate (and of evaluate.py), in batches of 256: one batch in memory at any N
-def samples(args, ckpt, device):
-    netG = Generator(args.nz, channels(args.dataset), args.image_size).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    return (sample(netG, torch.randn(min(256, args.generate - k), args.nz, device=device))
-            for k in range(0, args.generate, 256))
-
-
-# A latent walk: §12.2.2's G maps the random variable z to an image, so a path from one z to
-# another is a path through G's images, and a smooth one shows a smooth map (not a lookup of
-# training images). N/K walks of K images; sample() keeps BatchNorm in eval mode, as above.
-def walks(args, ckpt, device):
-    netG = Generator(args.nz, channels(args.dataset), args.image_size).to(device)
-    common.load_state(netG, ckpt["netG"], "the generator", args.checkpoint)
-    torch.manual_seed(args.seed)
-    n, nz = args.generate // args.walk, args.nz
-    z0, z1 = torch.randn(n, nz, device=device), torch.randn(n, nz, device=device)
-    z = interpolate(z0, z1, torch.linspace(0, 1, args.walk, device=device), args.interp)
-    return (sample(netG, zb) for zb in z.view(-1, nz).split(256))
-
-
-# The K points t = 0 ... 1 of each path from z0 to z1 (n x nz each; n x K x nz out). A Gaussian
-# z lies near the sphere of radius √nz, and the straight line, lerp = (1-t) z0 + t z1, cuts
-# inside it (at t = 1/2 its norm is about √(nz/2)), where G saw no z in training: washed-out
-# images mid-walk. slerp keeps to the sphere, θ the angle between z0 and z1:
-#   slerp(z0, z1; t) = sin((1-t)θ)/sin θ · z0 + sin(tθ)/sin θ · z1
-def interpolate(z0, z1, t, interp):
-    z0, z1, t = z0.unsqueeze(1), z1.unsqueeze(1), t.view(1, -1, 1)
-    if interp == "lerp":
-        return (1 - t) * z0 + t * z1
-    theta = torch.acos(torch.cosine_similarity(z0, z1, dim=2).clamp(-1, 1)).unsqueeze(2)
-    # the weights first, as written above: at t = 0 and 1 exactly 1 and 0, so the ends are z0, z1
-    return torch.sin((1 - t) * theta) / torch.sin(theta) * z0 + torch.sin(t * theta) / torch.sin(theta) * z1
 
 
 if __name__ == "__main__":

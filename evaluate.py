@@ -1,4 +1,4 @@
-"""How good is a GAN? Numbers for its samples, to compare runs, seeds, losses or --amp (§12.7.3;
+"""How good is a GAN? Numbers for its samples, to compare runs, seeds or losses (§12.7.3;
 002's FID and Inception Score).
 
     python evaluate.py runs/02_dcgan-mnist/checkpoint.pt          # 10,000 samples of its G
@@ -24,19 +24,20 @@ More in docs/evaluate.md.
 """
 import argparse
 import glob
-import importlib
 import json
 import math
 import os
 import time
 
-import common  # first: a Ctrl-C while torch loads then ends quietly (common.py)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
 import torchvision.utils as vutils
 from PIL import Image
+
+import common
+import sample
 
 OWN = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "fake": "FakeData"}  # own classifier
 VERSION = 2  # of the classifier's file: another one is rebuilt
@@ -45,17 +46,17 @@ MAX_N = 50000  # --n's: FID's usual N, and CIFAR-10's training split (as many re
 
 
 def sample_count(text):
-    """--n: a positive whole number, at most MAX_N (every sample's features are kept)."""
+    """--n: from 2 (a covariance needs two) to MAX_N (every sample's features are kept)."""
     n = common.positive_int(text)
-    if n > MAX_N:
-        raise argparse.ArgumentTypeError(f"at most {MAX_N}, got {text}")
+    if not 2 <= n <= MAX_N:
+        raise argparse.ArgumentTypeError(f"from 2 (FID's covariance needs two samples) to {MAX_N}, got {text}")
     return n
 
 
-parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("path", nargs="?", help="a checkpoint.pt of one of the scripts, a PNG grid, "
-                    "or a folder of PNGs (one image each, as --generate writes them)")
+                    "or a folder of PNGs (one image each, as sample.py writes them)")
 parser.add_argument("--n", type=sample_count, default=10000,
                     help=f"samples to draw from a checkpoint (default: 10000; at most {MAX_N}, FID's "
                     "usual N: up to it the training splits hold as many real images, which the floor "
@@ -70,7 +71,7 @@ parser.add_argument("--train", action="store_true", help="train the classifier a
                     "there is one (it is trained on first use anyway)")
 parser.add_argument("--image-size", type=common.positive_int, metavar="N",
                     help="a PNG grid's image size (default: found from the grid: 28, 32 or 64)")
-parser.add_argument("--seed", type=int, help="which samples (default: the run's seed)")
+parser.add_argument("--seed", type=common.seed, help="which samples (default: the run's seed)")
 parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                     help="auto picks cuda, then mps, then cpu (default: auto)")
 parser.add_argument("--json", action="store_true", help="also print the numbers as one JSON "
@@ -185,11 +186,11 @@ def load_images(dataset, dataroot, train=True, size=SIZE, nc=1, n=None):
     the scripts' transform; its labels, and its class names."""
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                     transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
-    data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train, n=n)
-    if isinstance(data, common.Images):  # in memory already (uint8), n of them
-        return data.to_float(data.images), data.labels, data.classes
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].tolist()
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=500,
+    data = common.load_dataset(dataset, dataroot, transform, (nc, size, size), train=train)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+    if isinstance(data, torch.utils.data.TensorDataset):  # in memory already
+        return data.tensors[0][idx], data.tensors[1][idx], data.classes
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=500,
                                          num_workers=min(4, os.cpu_count() or 1))
     images, labels = zip(*loader)
     return torch.cat(images), torch.cat(labels), data.classes
@@ -246,7 +247,9 @@ def classifier_from(ckpt, path):
         w, mu, sigma = net.head.in_features, ckpt["mu"], ckpt["sigma"]  # w: the features' width
         ok = (isinstance(ckpt["dataset"], str) and all(isinstance(c, str) for c in ckpt["classes"])
               and torch.is_tensor(mu) and mu.shape == (w,) and torch.is_tensor(sigma)
-              and sigma.shape == (w, w) and isinstance(ckpt["test_accuracy"], float) and "test_n" in ckpt)
+              and sigma.shape == (w, w) and isinstance(ckpt["test_accuracy"], float) and "test_n" in ckpt
+              # flipped bytes can load: a NaN or inf would give a LinAlgError, or an absurd FID
+              and all(t.isfinite().all() for t in [*net.state_dict().values(), mu, sigma] if t.is_floating_point()))
     except (KeyError, TypeError, RuntimeError):  # a part missing, of the wrong kind, or not fitting
         ok = False
     if not ok:
@@ -305,26 +308,6 @@ def inception_net(device):
 
 
 # --- What is scored -----------------------------------------------------------------------------
-def open_checkpoint(path, n, seed):
-    """The script that wrote a checkpoint, the run's settings as that script reads them for
-    --generate n, and the checkpoint."""
-    ckpt = common.load_checkpoint(path, None, allow_state_dict=True)
-    script = ckpt.get("script")
-    if script is None:
-        raise common.UserError(f"{path} holds a generator's weights alone (a netG.pt): evaluate.py needs "
-                               "the run's checkpoint.pt, which says which script and settings made it")
-    if script not in ("01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp"):
-        raise common.UserError(f"{path} was written by {script}.py, which evaluate.py does not know")
-    classes = ckpt.get("classes")  # 03's: it draws n / len(classes) of each class, in turn
-    if classes and n % len(classes):
-        raise common.UserError(f"--n {n}: {script}.py draws as many samples of each of its "
-                               f"{len(classes)} classes: --n must be a multiple of {len(classes)}")
-    module = importlib.import_module(script)
-    argv = ["--generate", str(n), "--checkpoint", path] + (["--seed", str(seed)] if seed is not None else [])
-    args, ckpt = common.get_args(module.parser, argv, script)
-    return module, args, ckpt
-
-
 def from_pngs(path, nc, image_size):
     """A folder of PNGs (one image each), or a PNG grid as save_grid writes it (padding 2)."""
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * nc, (0.5,) * nc)])
@@ -427,8 +410,11 @@ def main(argv=None):
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available()
                           else "mps" if torch.backends.mps.is_available() else "cpu")
     start, run, asked = time.perf_counter(), None, None
-    if args.path and args.path.endswith(".pt"):
-        module, run, ckpt = open_checkpoint(args.path, args.n, args.seed)
+    if args.path and args.path.endswith(".pt"):  # the run's settings: its dataset, its seed
+        ckpt = common.load_checkpoint(args.path)
+        run = argparse.Namespace(**ckpt["args"])
+        if not all(isinstance(getattr(run, k, None), str) for k in ("dataset", "dataroot")):
+            raise common.UserError(f"{args.path} is not a complete checkpoint of {ckpt['script']}.py (its args)")
     dataset = args.dataset or (run.dataset if run else "mnist")
     dataroot = args.dataroot or (run.dataroot if run else "data")
     if args.neighbours and dataset not in OWN:  # before Inception's weights are looked for
@@ -446,9 +432,9 @@ def main(argv=None):
     if not args.path:
         return 0
     if run is not None:  # drawn after the classifier is ready: its making uses the random generator
-        out = module.samples(run, ckpt, device)  # the script's own: --generate's images
-        batches, asked = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-        what = f"{args.n} samples of {args.path} ({module.SCRIPT}, {run.dataset}, seed {run.seed})"
+        batches, asked, _, _ = sample.samples(args.path, args.n, args.seed, device)  # sample.py's images
+        seed = run.seed if args.seed is None else args.seed
+        what = f"{args.n} samples of {args.path} ({run.dataset}, seed {seed})"
     else:
         batches = from_pngs(args.path, net.nc if ref else 3, args.image_size)
         what = f"{len(batches)} images of {args.path}"

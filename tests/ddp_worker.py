@@ -8,8 +8,8 @@ with its own size of --dataset fake. Job NAME runs in DUMP/NAME/rank<r>/, so a r
 lands there and the test sees which process wrote what; after its main() returns (or raises
 a UserError, whose message is then the status), the parameters of the models the script wrapped
 and the process group's backend go to DUMP/NAME/rank<r>.pt, so the test can compare the
-processes' copies, with the iterations the process ran, how many decoded caches it built and
-how its all_reduce calls waited. In the job named "nan_on_rank1", rank 1 alone logs a NaN loss;
+processes' copies, with the iterations the process ran. In the job named "nan_on_rank1", rank 1
+alone logs a NaN loss;
 in "signal_on_rank1", rank 1 alone has a Ctrl-C during its iteration 3. The first
 job sets the process group's backend for all (Gloo on the CPU, NCCL on CUDA): one torchrun start
 runs jobs of one kind of device.
@@ -32,16 +32,12 @@ rank = int(os.environ["RANK"])
 torch.set_num_threads(1)  # two processes on a 2-core machine
 common.plot_losses = lambda *args: False  # no job looks at losses.png (matplotlib: 0.6 s to load)
 
-wrapped, builds, reduces = [], [], []
+wrapped = []
 parallel = common.Run.parallel
 common.Run.parallel = lambda self, model: wrapped.append(parallel(self, model)) or wrapped[-1]
-build = common._build_cache
-common._build_cache = lambda *a: builds.append(1) or build(*a)
-all_reduce = dist.all_reduce
-dist.all_reduce = lambda *a, **kw: reduces.append(kw.get("async_op", False)) or all_reduce(*a, **kw)
 
 for name, script, argv, common.FAKE_SIZE in jobs:
-    wrapped.clear(), builds.clear(), reduces.clear()
+    wrapped.clear()
     here = os.path.join(dump, name, f"rank{rank}")
     os.makedirs(here, exist_ok=True)
     os.chdir(here)
@@ -49,7 +45,7 @@ for name, script, argv, common.FAKE_SIZE in jobs:
     if name == "nan_on_rank1" and rank == 1:  # the losses differ between processes
         common.Run.append = lambda self, **v: append(self, **{k: x * float("nan") for k, x in v.items()})
     if name == "signal_on_rank1" and rank == 1:
-        common.Run.append = lambda self, **v: setattr(self, "interrupted", self.interrupted or (
+        common.Run.append = lambda self, **v: setattr(self, "signal", self.signal or (
             self.iters == 3 and "Ctrl-C")) or append(self, **v)
     try:
         status = importlib.import_module(script).main(argv)
@@ -58,7 +54,6 @@ for name, script, argv, common.FAKE_SIZE in jobs:
     common.Run.append = append
     torch.save({"status": status, "types": [type(m).__name__ for m in wrapped],
                 "backend": dist.get_backend(), "iters": common._RUN and common._RUN.iters,
-                "builds": len(builds), "reduces": list(reduces),
                 "params": [{k: v.detach().cpu() for k, v in common.unwrap(m).named_parameters()}
                            for m in wrapped]},
                os.path.join(dump, name, f"rank{rank}.pt"))

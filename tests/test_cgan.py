@@ -120,19 +120,6 @@ def test_resume_is_bit_identical(tmp_path):
     assert_same_run(straight, part)
 
 
-def test_generate_rows_of_the_requested_classes(tmp_path, capsys):
-    out = train(tmp_path / "run", "--max-steps", 2)
-    assert cgan.main(["--generate", "6", "--labels", "2,5", "--checkpoint", str(out / "checkpoint.pt")]) == 0
-    assert png_size(out / "generated.png") == grid_size(6, nrow=3, side=32)  # 2 rows of 3
-    assert "classes in order 2, 5, one row each" in capsys.readouterr().out
-    assert cgan.main(["--generate", "20", "--checkpoint", str(out / "checkpoint.pt")]) == 0
-    assert png_size(out / "generated.png") == grid_size(20, nrow=2, side=32)  # 10 rows of 2
-    # from netG.pt alone: the number of classes comes from its weights
-    assert cgan.main(["--generate", "4", "--labels", "9", "--ngf", "8", "--dataset", "fake",
-                      "--checkpoint", str(out / "netG.pt"), "--out", str(tmp_path / "g")]) == 0
-    assert png_size(tmp_path / "g" / "generated.png") == grid_size(4, nrow=4, side=32)
-
-
 def test_one_class_alone_is_drawn_as_in_a_mixed_batch(tmp_path):
     """--labels 7 must give the 7s of the mixed grid. In train mode BatchNorm would normalise
     a batch of 7s with its own statistics, unlike the mixed batches G was trained on."""
@@ -145,7 +132,7 @@ def test_one_class_alone_is_drawn_as_in_a_mixed_batch(tmp_path):
     together = cgan.sample(netG, z, onehot[mixed])
     sevens = mixed == 7
     alone = cgan.sample(netG, z[sevens], onehot[mixed[sevens]])
-    torch.testing.assert_close(alone, together[sevens])
+    torch.testing.assert_close(alone, together[sevens], atol=1e-4, rtol=1e-4)  # (TF32, cuDNN)
     # what train mode would do, to show that the test can tell the difference
     with torch.no_grad():
         assert not torch.allclose(netG.train()(z[sevens], onehot[mixed[sevens]]),
@@ -159,23 +146,14 @@ def test_a_folder_of_classes(tmp_path, capsys):
     assert "24 images in 3 classes" in capsys.readouterr().out
     assert png_size(out / "fake_samples_000001.png") == grid_size(30, nrow=10, side=32)  # 3 rows
     assert load(out / "checkpoint.pt")["classes"] == ["cats", "dogs", "owls"]
-    msg = error_of(["--generate", "3", "--labels", "3", "--checkpoint", str(out / "checkpoint.pt")])
-    assert "--labels 3: this generator knows 3 classes, numbered 0 to 2 (0: cats, 1: dogs, 2: owls)" in msg
 
 
 def test_user_errors(tmp_path):
-    out = train(tmp_path / "run", "--max-steps", 1)
-    ckpt = str(out / "checkpoint.pt")
-    assert "numbered 0 to 9" in error_of(["--generate", "10", "--labels", "10", "--checkpoint", ckpt])
-    assert "use a multiple of 10" in error_of(["--generate", "64", "--checkpoint", ckpt])
-    assert "add --generate N" in error_of(["--labels", "7"])
     torch.save({"script": "02_dcgan", "args": {}}, tmp_path / "c.pt")
     assert "written by 02_dcgan.py" in error_of(["--resume", str(tmp_path / "c.pt")])
 
 
 @pytest.mark.parametrize("flags, says", [
-    (["--labels", "3,x"], "expected class numbers separated by commas"),
-    (["--labels", "3,3"], "a class is listed twice"),
     (["--image-size", "64"], "invalid choice: 64"),
     (["--dataset", "celeba"], "invalid choice: 'celeba'"),
 ])

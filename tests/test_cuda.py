@@ -33,25 +33,6 @@ def test_checkpoints_move_between_cuda_and_the_cpu(tmp_path, monkeypatch):
     assert load(ckpt)["iters"] == 6 and len(read_csv(out / "losses.csv")) == 6
 
 
-@pytest.mark.parametrize("name", ["02_dcgan", "03_cgan", "04_wgan_gp"])
-def test_amp_on_cuda_trains_in_bfloat16_with_float32_losses(tmp_path, monkeypatch, name):
-    module, dtypes, losses = load_script(name), set(), set()
-    conv = torch.nn.Conv2d.forward
-    monkeypatch.setattr(torch.nn.Conv2d, "forward",
-                        lambda self, x: dtypes.add(conv(self, x).dtype) or conv(self, x))
-    append = common.Run.append
-    monkeypatch.setattr(common.Run, "append", lambda self, **v: losses.update(
-        x.dtype for k, x in v.items() if k.startswith("Loss_")) or append(self, **v))
-    sizes = ["--n-critic", "2"] if name == "04_wgan_gp" else ["--ngf", "8", "--ndf", "8"]
-    assert module.main(["--dataset", "fake", "--batch-size", "8", "--workers", "0", *sizes,
-                        "--device", "cuda", "--amp", "--max-steps", "3", "--out", str(tmp_path)]) == 0
-    assert torch.bfloat16 in dtypes and torch.float32 in dtypes  # the last convolution: float32
-    assert losses == {torch.float32}
-    rows = read_csv(tmp_path / "losses.csv")
-    assert len(rows) == 3 and all(float(v) == float(v) for r in rows for v in r.values())
-    # 04's penalty in float32 under --amp: tests/test_speed.py checks it on this device too
-
-
 # The loop's host syncs: tests/test_devices.py, with torch.cuda.set_sync_debug_mode on CUDA.
 
 

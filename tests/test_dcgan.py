@@ -177,7 +177,6 @@ def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path):
     """Another live process holds the folder's lock (a run that has not written a checkpoint
     yet): a second run must not start there, nor delete that run's snapshots. Once that process
     has ended, however it ended, the system has let go of its lock."""
-    ckpt = train(tmp_path / "earlier", "--max-steps", 1) / "checkpoint.pt"
     out = tmp_path / "run"
     out.mkdir()
     (out / "fake_samples_000000.png").write_bytes(b"the other run's")
@@ -185,41 +184,21 @@ def test_a_run_folder_in_use_is_refused_and_left_alone(tmp_path):
     try:
         assert other.stdout.readline() == "locked\n"
         msg = error_of(TINY + ["--out", str(out), "--max-steps", "2"])
-        gen = error_of(["--generate", "4", "--checkpoint", str(ckpt), "--out", str(out)])
     finally:
         other.kill()
         other.wait()
-    assert f"{out} is in use by another run (process {other.pid})" in msg
+    assert f"{out} is in use by another run" in msg
     assert sorted(os.listdir(out)) == [".lock", "fake_samples_000000.png"]  # nothing written
     assert (out / "fake_samples_000000.png").read_bytes() == b"the other run's"
-    assert f"{out} is in use by another run" in gen  # --generate writes there too
-    # killed, it still names itself in .lock, a PID the system may give another process: no matter
-    (out / ".lock").write_text(str(os.getpid()))
+    # once that process has ended, however it ended, the system has let go of its lock
     train(out, "--max-steps", 2)
-    assert not (out / ".lock").exists() and (out / "checkpoint.pt").exists()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="fcntl's flock is POSIX")
-def test_a_lock_taken_a_moment_ago_is_not_stale(tmp_path):
-    """A racer that has the lock but has not yet written its PID in it: the folder is still
-    taken (a lock file read empty was once deleted as stale, so two runs held it)."""
-    out = tmp_path / "run"
-    out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock"), "before its PID"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert other.stdout.readline() == "locked\n"
-        msg = error_of(TINY + ["--out", str(out), "--max-steps", "1"])
-    finally:
-        other.kill()
-        other.wait()
-    assert f"{out} is in use by another run" in msg and os.listdir(out) == [".lock"]
+    assert (out / "checkpoint.pt").exists()
 
 
 def lock_racer(out, barrier, results):
     barrier.wait()
     try:
-        common._lock(out)
+        common.lock(out)
         results.put("held")
     except common.UserError:
         results.put("refused")
@@ -259,9 +238,6 @@ def test_an_out_that_cannot_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     for out in (tmp_path / "file", tmp_path / "file" / "run"):
         assert f"cannot make the folder {out}" in error_of(TINY + ["--out", str(out)])
-    ckpt = train(tmp_path / "run", "--max-steps", 1) / "checkpoint.pt"
-    msg = error_of(["--generate", "4", "--checkpoint", str(ckpt), "--out", str(tmp_path / "file")])
-    assert f"cannot make the folder {tmp_path / 'file'}" in msg
 
 
 @pytest.mark.parametrize("failure", ["OSError", "torch"])
@@ -307,48 +283,6 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert shlex.split(resume) == ["python", "02_dcgan.py", "--resume", str(out / "checkpoint.pt")]
 
 
-# --------------------------------------------------------------------------------------------
-# --generate
-# --------------------------------------------------------------------------------------------
-def test_generate_many_writes_one_png_each_a_batch_at_a_time(tmp_path, monkeypatch):
-    """Past GRID_MAX images --generate writes each image as it is made: memory holds one batch
-    (256) however large N is, where a grid would hold all N."""
-    out = train(tmp_path / "run", "--max-steps", 1)
-    monkeypatch.setattr(common, "GRID_MAX", 300)
-    sizes, sample = [], dcgan.sample
-    monkeypatch.setattr(dcgan, "sample", lambda netG, z: sizes.append(len(z)) or sample(netG, z))
-    assert dcgan.main(["--generate", "600", "--checkpoint", str(out / "checkpoint.pt")]) == 0
-    files = sorted(os.listdir(out / "generated"))
-    assert files == [f"{k:07d}.png" for k in range(600)] and png_size(out / "generated" / files[0]) == (64, 64)
-    assert sizes == [256, 256, 88]
-    assert not (out / "generated.png").exists()
-    # fewer the next time: the folder holds those alone (a file of the user's stays)
-    (out / "generated" / "mine.png").write_bytes(b"")
-    assert dcgan.main(["--generate", "301", "--checkpoint", str(out / "checkpoint.pt")]) == 0
-    assert sorted(os.listdir(out / "generated")) == [f"{k:07d}.png" for k in range(301)] + ["mine.png"]
-
-
-def test_generate_needs_no_training_data(tmp_path):
-    data = tmp_path / "data"
-    make_images(data / "faces", 16)
-    out = train(tmp_path / "run", "--dataset", "folder", "--dataroot", data, "--max-steps", 2)
-    for f in (data / "faces").iterdir():
-        f.unlink()
-    (data / "faces").rmdir()
-    assert dcgan.main(["--generate", "10", "--checkpoint", str(out / "checkpoint.pt")]) == 0
-    # next to the checkpoint, ceil(sqrt(10)) = 4 per row
-    assert png_size(out / "generated.png") == grid_size(10, nrow=4)
-
-
-def test_generate_from_netG_pt_takes_sizes_from_the_flags(tmp_path):
-    out = train(tmp_path / "run", "--max-steps", 2)
-    dcgan.main(["--generate", "4", "--checkpoint", str(out / "netG.pt"), "--ngf", "8",
-                "--dataset", "fake", "--out", str(tmp_path / "g")])
-    assert png_size(tmp_path / "g" / "generated.png") == grid_size(4, nrow=2)
-    with pytest.raises(common.UserError, match="does not fit"):
-        dcgan.main(["--generate", "4", "--checkpoint", str(out / "netG.pt"), "--ngf", "16"])
-
-
 def test_samples_do_not_depend_on_the_rest_of_the_batch():
     """Eval-mode BatchNorm: an image is a function of its own z, alone or in a grid of 64."""
     torch.manual_seed(0)
@@ -358,7 +292,8 @@ def test_samples_do_not_depend_on_the_rest_of_the_batch():
     z = torch.randn(64, 100, 1, 1)
     grid = dcgan.sample(netG, z)
     for k in (0, 17, 63):
-        torch.testing.assert_close(dcgan.sample(netG, z[k:k + 1])[0], grid[k])
+        # (a tolerance that also holds under cuDNN's per-shape algorithms and TF32)
+        torch.testing.assert_close(dcgan.sample(netG, z[k:k + 1])[0], grid[k], atol=1e-4, rtol=1e-4)
     assert netG.training  # sample() leaves the model as it found it
 
 
@@ -423,19 +358,20 @@ def test_an_error_in_a_dataloader_worker_reads_as_one_line(tmp_path):
     assert "Traceback" not in msg and "\n" not in msg
 
 
-def test_failed_download(tmp_path, monkeypatch):
-    """Offline: the network's own reason, whatever torchvision makes of it (0.16 prints it and
-    raises a bare "Error downloading ...")."""
-    import urllib.request
+def test_failed_download_says_which_files_to_put_where(tmp_path, monkeypatch):
+    """Offline: torchvision's download fails (here: its every fetch refused as offline)."""
+    import torchvision.datasets.mnist
     from urllib.error import URLError
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
     msg = error_of(["--dataset", "mnist", "--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert msg.startswith("error: could not download MNIST into " + str(tmp_path / "MNIST"))
-    assert "MNIST/raw/" in msg and "Temporary failure in name resolution" in msg
+    assert msg.startswith("error: could not download or read MNIST in " + str(tmp_path / "MNIST"))
+    # (the network's own words where torchvision passes them on: 0.16 says "Error downloading")
+    assert "MNIST/raw/" in msg and "Without internet, put the files there by hand" in msg
+    assert not (tmp_path / "r").exists()
 
 
 def test_fewer_images_than_a_batch(tmp_path):
@@ -465,19 +401,19 @@ def test_a_second_ctrl_c_exits_130_and_a_failed_run_leaves_no_empty_folder(tmp_p
     assert not (tmp_path / "r").exists()
 
 
-def test_a_damaged_mnist_file_is_not_called_a_failed_download(tmp_path):
+def test_a_damaged_mnist_file_says_which_folder_to_delete(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 40)  # a header, cut short
     msg = error_of(["--dataset", "mnist", "--dataroot", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert msg.startswith(f"error: could not read MNIST in {tmp_path / 'MNIST'}")
-    assert "damaged or cut short" in msg and "download" in msg
+    assert msg.startswith(f"error: could not download or read MNIST in {tmp_path / 'MNIST'}")
+    assert f"damaged, delete\n{tmp_path / 'MNIST'}" in msg
 
 
 def test_bad_checkpoints(tmp_path):
-    missing = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "none.pt")])
+    missing = error_of(["--resume", str(tmp_path / "none.pt")])
     assert "no checkpoint at" in missing
 
     for junk in (b"\x00 not a torch file", b"a text file\n"):
@@ -498,64 +434,40 @@ def test_bad_checkpoints(tmp_path):
     ckpt = load(out / "checkpoint.pt")
     ckpt["netG"]["main.0.weight"] = torch.zeros(100, 16, 4, 4)  # other sizes than its args say
     torch.save(ckpt, tmp_path / "edited.pt")
-    msg = error_of(["--generate", "4", "--checkpoint", str(tmp_path / "edited.pt")])
+    msg = error_of(["--resume", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "elsewhere")])
     assert "does not fit this model" in msg and "size mismatch" in msg
+    assert not (tmp_path / "elsewhere").exists()  # a refused run leaves nothing behind
 
 
-def test_diverging_weights_stop_clearly_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
-    out = train(tmp_path / "run", "--epochs", 1)
-    # the run goes on with an absurd learning rate, so the weights blow up within an iteration
-    # or two and D's output turns NaN. That must never reach BCELoss: on the CPU it raises, on
-    # CUDA its device-side assert ends the process before any message.
-    bce, given = torch.nn.functional.binary_cross_entropy, []
-    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy",
-                        lambda input, *a, **k: given.append(input.isnan().any().item()) or bce(input, *a, **k))
-    ckpt = load(out / "checkpoint.pt")
+@pytest.mark.parametrize("script", ["01_mlp_gan", "04_wgan_gp"])
+def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, script):
+    """At an absurd learning rate the weights overflow within a few steps and the losses turn
+    NaN: the run stops at the next log line with what happened, never saving the bad state."""
+    module = load_script(script)
+    out = tmp_path / "run"
+    assert module.main(["--dataset", "fake", "--batch-size", "2", "--workers", "0", "--log-every",
+                        "5", "--max-steps", "2", "--epochs", "100", "--out", str(out)]
+                       + (["--n-critic", "2"] if script == "04_wgan_gp" else [])) == 0
+    ckpt = load(out / "checkpoint.pt")  # the run goes on at the absurd learning rate
     for opt in ("optimizerD", "optimizerG"):
         ckpt[opt]["param_groups"][0]["lr"] = 1e30
     torch.save(ckpt, out / "checkpoint.pt")
     good = (out / "checkpoint.pt").read_bytes()
-    msg = error_of(["--resume", str(out / "checkpoint.pt"), "--epochs", "3", "--workers", "0"])
-    assert "D's output became NaN" in msg and "lower --lr" in msg and "is kept" in msg
-    assert (out / "checkpoint.pt").read_bytes() == good
-    assert given and not any(given)
-
-
-@pytest.mark.parametrize("script, lr, says", [
-    ("02_dcgan", "1e6", "no gradient reached G or D for a whole log interval"),
-    ("01_mlp_gan", "10", "the losses stayed beyond 10000"),
-    ("04_wgan_gp", "1e3", "the weights or the optimizers' state became NaN or infinite"),
-])
-def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, script, lr, says):
-    """At a huge learning rate each script's run goes wrong its own way: 02's D saturates
-    (every output exactly 0 or 1, all losses finite), 01's logits run away to 1e8, 04's Adam
-    state overflows. Each must stop with what happened, never saving the bad state."""
-    module = load_script(script)
-    extra = {"02_dcgan": ["--ngf", "8", "--ndf", "8"], "04_wgan_gp": ["--n-critic", "2"]}
-    out = tmp_path / "run"
-    assert module.main(["--dataset", "fake", "--batch-size", "2", "--workers", "0", "--log-every",
-                        "5", "--max-steps", "2", "--epochs", "100", "--out", str(out),
-                        *extra.get(script, [])]) == 0
-    ckpt = load(out / "checkpoint.pt")  # the run goes on at the huge learning rate
-    for opt in ("optimizerD", "optimizerG"):
-        ckpt[opt]["param_groups"][0]["lr"] = float(lr)
-    torch.save(ckpt, out / "checkpoint.pt")
-    good = (out / "checkpoint.pt").read_bytes()
     msg = user_error(module.main, ["--resume", str(out / "checkpoint.pt"), "--max-steps", "60"])
-    assert says in msg and "is kept" in msg and "lower --lr" in msg
+    assert "became NaN or infinite" in msg and "is kept" in msg and "lower --lr" in msg
     assert (out / "checkpoint.pt").read_bytes() == good
 
 
 def test_a_nan_in_the_losses_is_caught_at_the_next_flush(tmp_path):
     run = common.Run("02_dcgan", dcgan.parser.parse_args(["--out", str(tmp_path)]), None,
                      torch.device("cpu"))
-    run._at = [0, 0, 0]  # what run.enumerate sets for each iteration
+    run.at = [0, 0, 0]  # what run.enumerate sets for each iteration
     run.append(Loss_D=torch.tensor(1.0), Loss_G=torch.tensor(2.0))
     run.flush()
     assert run.rows == [[0, 0, 0, 1.0, 2.0]]
-    run._at = [0, 1, 1]
+    run.at = [0, 1, 1]
     run.append(Loss_D=torch.tensor(float("nan")), Loss_G=torch.tensor(2.0))
-    with pytest.raises(common.NonFiniteLoss, match="NaN or infinite at iteration 1"):
+    with pytest.raises(common.UserError, match="NaN or infinite at iteration 1"):
         run.flush()
     assert len(read_csv(tmp_path / "losses.csv")) == 2  # the bad row is on record, for a look
 
@@ -667,7 +579,7 @@ def test_a_signal_during_a_print_does_not_crash_the_run(tmp_path, monkeypatch, c
             return True
 
         def write(self, b):
-            if not run.interrupted:
+            if not run.signal:
                 run._on_signal(signal.SIGINT, None)  # as if Ctrl-C came now, stdout's lock held
             return len(b)
 
@@ -675,5 +587,5 @@ def test_a_signal_during_a_print_does_not_crash_the_run(tmp_path, monkeypatch, c
                                                         line_buffering=True))
     print("[0/5][2/4]\tLoss_D: ...")
     run.release()
-    assert run.interrupted == "Ctrl-C"
+    assert run.signal == "Ctrl-C"
     assert "Ctrl-C: finishing this iteration" in capfd.readouterr().err

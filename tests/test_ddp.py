@@ -47,9 +47,8 @@ def started(tmp_path_factory, device):
     """Everything that runs in new processes, started at once (starting torch is most of the
     time, and the starts overlap on two cores), each stopped by its signal at iteration 2:
     torchrun with its jobs (the four scripts from scratch, 02 resuming a checkpoint that one
-    process wrote, 02 diverging in one process, 02 on a folder's decoded cache with a Ctrl-C in
-    one process alone, a folder with a broken image, and last a run of 200 images, long enough
-    to press Ctrl-C while it trains); and 02 alone, on images its workers read from disk, with a
+    process wrote, 02 diverging in one process, 02 on a folder of images with a Ctrl-C in one
+    process alone, and last a run of 200 images, long enough to press Ctrl-C while it trains); and 02 alone, on images its workers read from disk, with a
     Ctrl-C through a forwarding launcher, and with SIGTERM to every process of the job."""
     dump = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as mp:
@@ -62,15 +61,11 @@ def started(tmp_path_factory, device):
                                         "--max-steps", "4"], 32])
     jobs.append(["nan_on_rank1", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--log-every", "1",
                                               "--out", "run"], 32])
-    make_images(dump / "images" / "c", 48)  # 6 iterations an epoch, from the decoded cache
+    make_images(dump / "images" / "c", 48)  # 6 iterations an epoch
     jobs.append(["signal_on_rank1", "02_dcgan", [*CTRL_C, "--dataset", "folder", "--dataroot",
-                                                 str(dump / "images"), "--epochs", "1",
-                                                 "--log-every", "50"], 0])
+                                                 str(dump / "images"), "--epochs", "2",
+                                                 "--log-every", "4"], 0])
     make_images(dump / "celeba" / "img_align_celeba", 64)
-    make_images(dump / "broken_images" / "c", 8)
-    (dump / "broken_images" / "c" / "0005.jpg").write_bytes(b"not a jpeg")
-    jobs.append(["broken", "02_dcgan", [*FLAGS[:-2], *SCRIPTS["02_dcgan"], "--dataset", "folder",
-                                        "--dataroot", str(dump / "broken_images"), "--out", "run"], 0])
     jobs.append(["ctrl_c", "02_dcgan", CTRL_C, 200])
     alone = [sys.executable, "02_dcgan.py", *ALONE, "--dataroot", str(dump), "--device", device, "--out"]
     results = signal_at_iteration_2([
@@ -124,7 +119,8 @@ def test_a_divergence_in_one_process_stops_all_with_its_reason(runs):
     not leave rank 0 waiting for rank 1 in the next collective."""
     dump, _ = runs
     statuses = [r["status"] for r in ranks_of(dump, "nan_on_rank1")]
-    assert statuses[0] == statuses[1] and "a loss became NaN or infinite at iteration 0" in statuses[0]
+    assert all(s.startswith("a loss became NaN or infinite at iteration 0 (") for s in statuses)
+    assert "(in another process)" in statuses[0] and "Loss_D nan" in statuses[1]
     assert not (dump / "nan_on_rank1" / "rank0" / "run" / "checkpoint.pt").exists()
 
 
@@ -155,36 +151,13 @@ def test_ctrl_c_stops_both_processes_at_the_same_iteration(runs):
         assert torch.equal(value, ranks[0]["params"][0][name])
 
 
-def test_a_ctrl_c_in_one_process_stops_all_at_the_same_iteration_without_waiting(runs):
-    """Rank 1 alone has a Ctrl-C, during its iteration 3. Its vote, cast at that iteration's
-    end in the background, is counted at the next one's: both stop there, after 5 iterations,
-    and no all_reduce was waited for where it was made."""
+def test_a_ctrl_c_in_one_process_stops_all_at_the_next_log_line(runs):
+    """Rank 1 alone has a Ctrl-C, during its iteration 3. The processes agree at each log line
+    (every 4 iterations here) whether to stop: both stop after iteration 4, with one checkpoint."""
     dump, _ = runs
     ranks = ranks_of(dump, "signal_on_rank1")
     assert [r["status"] for r in ranks] == [130, 130] and [r["iters"] for r in ranks] == [5, 5]
-    assert all(r["reduces"] == [True] * 4 for r in ranks)  # a vote an iteration, none waited
     assert load(dump / "signal_on_rank1" / "rank0" / "run" / "checkpoint.pt")["iters"] == 5
-
-
-def test_one_process_of_a_machine_builds_the_decoded_cache(runs):
-    """The folder's cache (of the job above): rank 0 builds it while rank 1 waits, then rank 1
-    reads it; one file."""
-    dump, _ = runs
-    assert [r["builds"] for r in ranks_of(dump, "signal_on_rank1")] == [1, 0]
-    caches = caches_in(dump / "images")
-    assert len(caches) == 1 and caches[0].endswith(".npy"), caches  # and no temporary file
-
-
-def caches_in(folder):
-    return [f for f in os.listdir(folder) if f.startswith("gan-cache-")]
-
-
-def test_a_broken_image_during_the_build_stops_every_process_with_its_message(runs):
-    """Rank 0 meets it first; rank 1, no longer waiting for rank 0's build, meets it too."""
-    dump, _ = runs
-    for rank in ranks_of(dump, "broken"):
-        assert rank["status"].startswith("cannot read image ") and "0005.jpg" in rank["status"]
-    assert caches_in(dump / "broken_images") == []
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX")
@@ -236,13 +209,13 @@ def test_more_cuda_processes_than_gpus(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(common.UserError, match="torchrun started 4 processes on this machine and "
-                                               "it has 2 GPU"):
+    with pytest.raises(common.UserError, match=r"more processes on this machine than it has GPUs \(2\): "
+                                               "pass --nproc_per_node=2"):
         common.init_processes(torch.device("cuda"))
 
 
 def test_alone_nothing_changes(monkeypatch):
     for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(var, raising=False)
-    assert common.init_processes(torch.device("cpu")) == (torch.device("cpu"), 0, 1, None)
+    assert common.init_processes(torch.device("cpu")) == (torch.device("cpu"), 0, 1)
     assert not torch.distributed.is_initialized()

@@ -10,9 +10,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import common
-from conftest import load_script, make_images, usage_error, user_error
+from conftest import load, load_script, make_images, usage_error, user_error
 
 import evaluate
+import sample
 
 mlp, cgan = load_script("01_mlp_gan"), load_script("03_cgan")
 
@@ -124,10 +125,10 @@ def test_a_checkpoint_end_to_end(data, ckpt01, capsys):
     assert other["fid"] != result["fid"]
 
 
-def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt01, tmp_path, capsys,
-                                                                           monkeypatch, device):
+def test_the_first_score_is_the_same_as_later_ones_and_of_sample_pys_images(ckpt01, tmp_path, capsys,
+                                                                            monkeypatch, device):
     """The first evaluate.py trains the classifier, which draws from the random generator: the
-    samples must be drawn after it, so that they are --generate's and the numbers repeat."""
+    samples must be drawn after it, so that they are sample.py's and the numbers repeat."""
     first, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
     assert "Training the classifier" in text
     again, text = scores([ckpt01, "--n", "30", "--dataroot", str(tmp_path)], capsys)
@@ -143,9 +144,9 @@ def test_the_first_score_is_the_same_as_later_ones_and_of_generates_images(ckpt0
     monkeypatch.setattr(evaluate, "embed", keep_samples)
     with pytest.raises(Seen):
         evaluate.main([ckpt01, "--n", "30", "--dataroot", str(tmp_path)])
-    args, ck = common.get_args(mlp.parser, ["--generate", "30", "--checkpoint", ckpt01], "01_mlp_gan")
     # drawn on the device evaluate.py ran on: CUDA's random stream is not the CPU's
-    assert torch.equal(seen[0], torch.cat(list(mlp.samples(args, ck, torch.device(device)))))
+    batches, asked, _, _ = sample.samples(ckpt01, 30, None, torch.device(device))
+    assert asked is None and torch.equal(seen[0], torch.cat(list(batches)))
 
 
 def test_the_conditional_gan_is_asked_for_each_class_in_turn(ckpt03, capsys):
@@ -154,10 +155,9 @@ def test_the_conditional_gan_is_asked_for_each_class_in_turn(ckpt03, capsys):
     assert set(result["cond_accuracy_per_class"]) == {str(c) for c in range(10)}
     assert result["cond_accuracy"] == pytest.approx(sum(result["cond_accuracy_per_class"].values()) / 10)
     assert "resized from 32x32 to 28x28" in text and "Conditional accuracy" in text
-    # evaluate.py's classes are those of 03's --generate rows: 4 of class 0, then 4 of class 1 ...
-    args, ck = common.get_args(cgan.parser, ["--generate", "40", "--checkpoint", ckpt], "03_cgan")
-    _, asked, _ = cgan.samples(args, ck, torch.device("cpu"))
-    assert asked.tolist() == [c for c in range(10) for _ in range(4)]
+    # evaluate.py's classes are those of sample.py's rows: 4 of class 0, then 4 of class 1 ...
+    _, asked, classes, _ = sample.samples(ckpt, 40, None, torch.device("cpu"))
+    assert asked.tolist() == [c for c in range(10) for _ in range(4)] and len(classes) == 10
 
 
 def test_a_grid_and_a_folder_of_pngs_give_back_their_images(tmp_path):
@@ -259,10 +259,16 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
         f"error: no checkpoint at {tmp_path / 'none.pt'}")
     ckpt = ckpt01
     torch.save({**torch.load(ckpt, weights_only=True), "script": "05_mine"}, tmp_path / "other.pt")
-    assert user_error(evaluate.main, [str(tmp_path / "other.pt")]).endswith(
-        "was written by 05_mine.py, which evaluate.py does not know")
+    msg = user_error(evaluate.main, [str(tmp_path / "other.pt")])
+    assert "was written by 05_mine.py, which" in msg and msg.endswith("do not know")
     msg = user_error(evaluate.main, [os.path.join(os.path.dirname(ckpt), "netG.pt")])
     assert "a generator's weights alone" in msg and "checkpoint.pt" in msg
+    for key in ("dataset", "dataroot", "seed"):  # the run's settings that evaluate.py reads
+        good = load(ckpt)
+        del good["args"][key]
+        torch.save(good, tmp_path / "edited.pt")
+        msg = user_error(evaluate.main, [str(tmp_path / "edited.pt"), "--n", "10"])
+        assert msg == f"error: {tmp_path / 'edited.pt'} is not a complete checkpoint of 01_mlp_gan.py (its args)"
     # no classifier, and no data to train one (offline)
     from urllib.error import URLError
     import torchvision.datasets.mnist as mnist
@@ -272,7 +278,7 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
     monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
     msg = user_error(evaluate.main, [ckpt, "--dataset", "mnist", "--dataroot", str(tmp_path / "empty")])
     assert msg.startswith(f"error: no classifier at {tmp_path / 'empty' / 'MNIST' / 'classifier.pt'}, "
-                          "and no data to train one: could not download MNIST")
+                          "and no data to train one: could not download")
     # a file that is not a classifier is refused, and left as it was
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     msg = user_error(evaluate.main, [ckpt, "--dataroot", str(data), "--classifier", str(tmp_path / "foreign.pt")])
@@ -292,7 +298,8 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
     assert "cannot tell the images apart in the 100x50 grid" in user_error(
         evaluate.main, [str(tmp_path / "odd" / "0000.png"), "--dataroot", str(data), "--dataset", "fake"])
     if not torch.cuda.is_available():
-        assert "--device cuda: this torch sees no CUDA GPU" in user_error(evaluate.main, [ckpt, "--device", "cuda"])
+        msg = user_error(evaluate.main, [ckpt, "--device", "cuda"])
+        assert msg.startswith("error: --device cuda: this torch (") and "sees no CUDA GPU" in msg
 
 
 def test_a_stale_classifier_is_trained_again(data, ckpt01, tmp_path, capsys):
@@ -324,6 +331,28 @@ def test_an_incomplete_or_mistyped_classifier_file_is_refused_in_one_line(data, 
         assert torch.load(path, weights_only=True).keys() == ckpt.keys()
 
 
+def test_a_classifier_with_nan_or_inf_in_it_is_refused_in_one_line(data, ckpt01, tmp_path):
+    """Flipped bytes can leave a file that loads: a NaN or inf in the network or the statistics
+    would give a LinAlgError from frechet's eigh (or an absurd FID), not a message."""
+    good = torch.load(data / "FakeData" / "classifier.pt", weights_only=True)
+    path = tmp_path / "damaged.pt"
+    said = "classifier of evaluate.py: move it away (it is then trained again), or pass --classifier PATH"
+    nan, inf = float("nan"), float("inf")
+    for part, key, value in [("net", "head.weight", nan), ("net", "features.0.bias", inf),
+                             ("net", "features.1.running_var", nan),  # a BatchNorm buffer
+                             ("mu", None, nan), ("sigma", None, inf), ("sigma", None, -inf)]:
+        damaged = {**good, "net": dict(good["net"])}
+        if key:
+            damaged["net"][key] = damaged["net"][key].clone()
+            damaged["net"][key].view(-1)[3] = value
+        else:
+            damaged[part] = damaged[part].clone()
+            damaged[part].view(-1)[3] = value
+        torch.save(damaged, path)
+        msg = user_error(evaluate.main, [ckpt01, "--n", "10", "--dataroot", str(data), "--classifier", str(path)])
+        assert msg == f"error: {path} is not a complete {said}", (part, key, value)
+
+
 @pytest.mark.parametrize("where", ["grid", "folder"])
 def test_a_decompression_bomb_png_is_an_unreadable_image(data, tmp_path, monkeypatch, where):
     """PIL refuses an image of over 2 * MAX_IMAGE_PIXELS pixels with DecompressionBombError,
@@ -344,17 +373,34 @@ def test_a_decompression_bomb_png_is_an_unreadable_image(data, tmp_path, monkeyp
 def test_n_that_03_cannot_split_among_its_classes_is_refused_in_evaluates_terms(ckpt03):
     for n in ("25", "5"):  # 5: fewer than one of each class
         msg = user_error(evaluate.main, [ckpt03, "--n", n])
-        assert msg.startswith(f"error: --n {n}: ") and "multiple of 10" in msg and "--generate" not in msg
+        assert msg.startswith(f"error: --n {n} ") and "multiple of 10" in msg and "--generate" not in msg
 
 
-def test_n_is_at_least_one_and_at_most_the_documented_maximum(tmp_path, capsys):
+def test_n_is_at_least_two_and_at_most_the_documented_maximum(tmp_path, capsys):
     """Every sample's features are kept: an unbounded --n grows memory until the machine gives
-    out. The flag is refused before any file is read."""
+    out; and FID's covariance needs two samples (of one: NaN, and a LinAlgError). The flag is
+    refused before any file is read."""
     none = str(tmp_path / "none.pt")
-    for n in ("1000000000000", "50001", "0", "-5"):
+    for n in ("1000000000000", "50001", "1", "0", "-5"):
         assert "argument --n" in usage_error(evaluate.main, [none, "--n", n], capsys)
-    assert "at most 50000" in usage_error(evaluate.main, [none, "--n", "50001"], capsys)
+    said = "argument --n: from 2 (FID's covariance needs two samples) to 50000, got "
+    assert said + "50001" in usage_error(evaluate.main, [none, "--n", "50001"], capsys)
+    assert said + "1" in usage_error(evaluate.main, [none, "--n", "1"], capsys)
     assert evaluate.parser.parse_args([none, "--n", "50000"]).n == 50000  # the maximum itself is fine
+    assert evaluate.parser.parse_args([none, "--n", "2"]).n == 2  # and the minimum
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--seed", str(2**32)], "argument --seed: must be a whole number from 0 to 2**32 - 1"),
+    (["--n", "1"], "argument --n: from 2"),
+    (["--generate", "4"], "unrecognized arguments: --generate 4"),
+])
+def test_a_flag_error_prints_evaluates_own_usage(ckpt01, flags, says, capsys):
+    """Not the usage of the script that wrote the checkpoint (once, its settings were parsed with
+    that script's parser, which refused a --seed evaluate.py had let through)."""
+    err = usage_error(evaluate.main, [ckpt01, *flags], capsys)
+    assert err.startswith("usage: evaluate.py ") and f"evaluate.py: error: {says}" in err
+    assert "01_mlp_gan" not in err and "--epochs" not in err
 
 
 # --- --neighbours: did it just memorise? --------------------------------------------------------

@@ -7,7 +7,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
-from conftest import assert_same_run, grid_size, load, load_script, png_size, read_csv, usage_error
+from conftest import assert_same_run, grid_size, load, load_script, png_size, read_csv, usage_error, user_error
 
 gan = load_script("01_mlp_gan")
 
@@ -59,10 +59,19 @@ def test_G_steps_once_per_k_D_steps(tmp_path):
     assert steps("optimizerD") == {3} and steps("optimizerG") == {1}
 
 
-def test_generate(tmp_path):
+def test_sample_py_draws_from_its_checkpoint(tmp_path):
     out = train(tmp_path / "run", "--max-steps", 2)
-    assert gan.main(["--generate", "10", "--checkpoint", str(out / "checkpoint.pt")]) == 0
+    assert load_script("sample").main([str(out / "checkpoint.pt"), "--n", "10"]) == 0
     assert png_size(out / "generated.png") == grid_size(10, nrow=4, side=28)
+
+
+def test_a_new_run_refused_before_training_leaves_nothing_behind(tmp_path):
+    """k = 5 D-steps need 5 batches, and an epoch has 4: refused once the data is known, after
+    real_samples.png was written; the folder the run made goes again."""
+    msg = user_error(gan.main, ["--dataset", "fake", "--batch-size", "8", "--workers", "0",
+                                "--k", "5", "--out", str(tmp_path / "run")])
+    assert "fewer than the 5 batches" in msg
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_two_generator_losses(tmp_path):

@@ -1,4 +1,4 @@
-"""The speed features (docs/speed.md): channels_last, --amp, the in-memory datasets.
+"""The speed features (docs/speed.md): channels_last, the in-memory datasets.
 
 Speed itself is measured by benchmarks/step_time.py, not here: these tests check that the
 faster paths compute the same thing.
@@ -91,73 +91,36 @@ def run(name, out, *extra):
 
 
 @pytest.mark.parametrize("name", CONV)
-def test_channels_last_training_and_amp_close_to_float32(name, tmp_path, monkeypatch, capsys):
+def test_the_scripts_train_in_channels_last(name, tmp_path, monkeypatch):
     models = capture_models(monkeypatch)
-    fp32 = run(name, tmp_path / "fp32")
+    run(name, tmp_path / "run")
     # the script trains in channels_last: its models as it hands them to run.parallel
     conv_weights = [p for m in models for p in m.parameters() if p.dim() == 4]
     assert len(models) == 2 and conv_weights
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
-    monkeypatch.setattr(common, "_native_bf16", lambda device: True)  # as on a CPU with AVX512-BF16
-    dtypes = set()
-    original = torch.nn.Conv2d.forward
-    monkeypatch.setattr(torch.nn.Conv2d, "forward",
-                        lambda self, x: dtypes.add(original(self, x).dtype) or original(self, x))
-    amp = run(name, tmp_path / "amp", "--amp")
-    assert "forward passes in bfloat16" in capsys.readouterr().out
-    assert torch.bfloat16 in dtypes  # autocast ran D's convolutions in bfloat16
-    # The iteration starts from the same weights, data and noise: its numbers differ by
-    # bfloat16 rounding only (8 bits of mantissa), not by a different computation
-    columns = [c for c in fp32[0] if c not in ("epoch", "i", "iters")]
-    for c in columns:
-        a, b = float(fp32[0][c]), float(amp[0][c])
-        assert abs(a - b) <= 0.03 * abs(a) + 0.02, (c, a, b)
-    assert any(float(fp32[0][c]) != float(amp[0][c]) for c in columns)  # it did run in bfloat16
 
 
-@pytest.mark.cpu_only("bit for bit needs deterministic kernels; cuDNN's benchmark mode picks its algorithms per process")
-def test_amp_without_native_bfloat16_says_so_and_trains_in_float32(tmp_path, monkeypatch, capsys):
-    fp32 = run("02_dcgan", tmp_path / "fp32")
-    monkeypatch.setattr(common, "_native_bf16", lambda device: False)
-    amp = run("02_dcgan", tmp_path / "amp", "--amp")
-    assert "no native bfloat16" in capsys.readouterr().out
-    assert amp == fp32
-
-
-def test_gradient_penalty_runs_in_float32_under_amp(tmp_path, monkeypatch):
-    """With --amp the critic computes in bfloat16, except inside gradient_penalty, where
-    common.float32() keeps its forward (and so the double backward) in float32."""
-    wgan = load_script("04_wgan_gp")
-    monkeypatch.setattr(common, "_native_bf16", lambda device: True)
-    inside, seen = [], set()
-    penalty = wgan.gradient_penalty
-
-    def recording_penalty(critic, real, fake):
-        inside.append(True)
-        gp = penalty(critic, real, fake)
-        inside.pop()
-        assert gp.dtype == torch.float32
-        return gp
-
-    original = torch.nn.Conv2d.forward
-    monkeypatch.setattr(torch.nn.Conv2d, "forward",
-                        lambda self, x: seen.add((bool(inside), original(self, x).dtype)) or original(self, x))
-    monkeypatch.setattr(wgan, "gradient_penalty", recording_penalty)
-    run("04_wgan_gp", tmp_path, "--amp")
-    assert seen == {(True, torch.float32), (False, torch.bfloat16)}
-
-
-def test_amp_models_copy_with_their_own_weights(monkeypatch):
-    """common.amp binds the autocast forward to the model, so a deepcopy (an EMA copy, say)
-    runs its own weights, not the original's."""
-    monkeypatch.setattr(common, "_native_bf16", lambda device: True)
-    model, = common.amp(torch.device("cpu"), True, torch.nn.Linear(4, 1))
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        twin.weight.zero_(), twin.bias.zero_()
-    x = torch.ones(2, 4)
-    assert torch.equal(twin(x), torch.zeros(2, 1)) and not torch.equal(model(x), torch.zeros(2, 1))
-    assert model(x).dtype == torch.float32  # computed in bfloat16, handed back in float32
+def test_a_small_dataset_is_transformed_once_into_memory(tmp_path):
+    """What the DataLoader serves from memory is exactly what the transform makes, image by image
+    and label by label; a transform with a step that differs each epoch is left to run each
+    time, and so is a dataset too large for IN_MEMORY."""
+    import torchvision.datasets as dset
+    import torchvision.transforms as T
+    steps = [T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]
+    data = dset.FakeData(size=12, image_size=(3, 20, 24), num_classes=4, transform=T.Compose(steps))
+    kept = common.in_memory(data)
+    assert isinstance(kept, torch.utils.data.TensorDataset) and kept.classes == ["0", "1", "2", "3"]
+    for k in (0, 5, 11):
+        image, label = data[k]
+        assert torch.equal(kept[k][0], image) and kept[k][1] == label
+    flipping = dset.FakeData(size=12, image_size=(3, 20, 24), transform=T.Compose([T.RandomHorizontalFlip()] + steps))
+    assert common.in_memory(flipping) is flipping
+    original = common.IN_MEMORY
+    try:
+        common.IN_MEMORY = 12 * 3 * 16 * 16 * 4 - 1  # a byte short
+        assert common.in_memory(data) is data
+    finally:
+        common.IN_MEMORY = original
 
 
 def test_pytest_device_cuda_without_a_gpu_stops_at_once(monkeypatch):

@@ -131,7 +131,7 @@ def test_a_run_writes_every_output(tmp_path, capsys):
     assert [int(r["iters"]) for r in rows] == list(range(8))
     for r in rows:  # the critic's loss is -W + lambda GP
         assert float(r["Loss_C"]) == pytest.approx(-float(r["W"]) + 10 * float(r["GP"]), abs=1e-3)
-    assert wgan.main(["--generate", "5", "--checkpoint", str(out / "checkpoint.pt")]) == 0
+    assert load_script("sample").main([str(out / "checkpoint.pt"), "--n", "5"]) == 0
     assert png_size(out / "generated.png") == grid_size(5, nrow=3, side=16)
 
 
