@@ -31,9 +31,9 @@ except ImportError:
     fcntl = None
 
 FAKE_SIZE = 1000  # --dataset fake: torchvision FakeData's own default size
-IN_MEMORY = 2**30  # a dataset whose transformed images take at most this many bytes is kept in memory
-# A resumed run may change these; any other setting defines the run and stays with it.
-FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}
+IN_MEMORY = 2**30  # bytes: a dataset whose transformed images fit is kept in memory
+FIXED = (T.Resize, T.CenterCrop, T.Grayscale, T.ToTensor, T.Normalize)  # the same pixels every epoch
+FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}  # others: the run's
 PER_INVOCATION = {"resume", "max_steps", "device"}  # never taken from a checkpoint
 _RUN = None  # this process's Run, for cli() to let go of its folder
 _QUITTING = False  # a second Ctrl-C has come: whatever torch.save makes of it, quit
@@ -48,8 +48,8 @@ def _interrupt(signum, frame):
 
 
 def cli(main, argv=None):
-    """Run a script's main() as a command: a user error is one line and exit status 1; Ctrl-C or
-    SIGTERM before the training loop (which saves on them) quits with 130."""
+    """main(argv) as a command: a user error is one line and exit status 1; Ctrl-C or SIGTERM
+    before the training loop (which saves on them) quits with 130."""
     global _RUN
     _RUN, status = None, 1
     sigterm = signal.signal(signal.SIGTERM, _interrupt)
@@ -62,8 +62,7 @@ def cli(main, argv=None):
     except OSError as e:  # the file system refused: read-only, full, a file where a folder goes
         status = f"error: {e}"
     except (MemoryError, torch.cuda.OutOfMemoryError) as e:
-        status = (f"error: out of memory ({str(e).splitlines()[0][:200]}): use a smaller --batch-size, "
-                  "or smaller sizes (--nz, --ngf, --ndf, --image-size)")
+        status = f"error: out of memory ({str(e)[:200]}): use a smaller --batch-size, or smaller sizes"
     except KeyboardInterrupt:  # the second Ctrl-C, or a signal before the training loop
         print("interrupted", file=sys.stderr)
         status = 130
@@ -77,7 +76,7 @@ def cli(main, argv=None):
 
 
 # --- Command line ------------------------------------------------------------------------------
-def _checked(kind, ok, says):
+def checked(kind, ok, says):
     def parse(text):
         try:
             value = kind(text)
@@ -89,18 +88,18 @@ def _checked(kind, ok, says):
     return parse
 
 
-positive_int = _checked(int, lambda v: v >= 1, "must be a positive whole number")
-positive_float = _checked(float, lambda v: 0 < v <= 1e30, "must be a positive number up to 1e30")
-seed = _checked(int, lambda v: 0 <= v < 2**32, "must be a whole number from 0 to 2**32 - 1")
-beta = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
-non_negative_int = _checked(int, lambda v: v >= 0, "must be 0 or more")
-non_negative = _checked(float, lambda v: v >= 0 and math.isfinite(v), "must be 0 or more")  # 04's λ
-unit_value = _checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's --smooth, 04's --clip
+positive_int = checked(int, lambda v: v >= 1, "must be a positive whole number")
+positive_float = checked(float, lambda v: 0 < v <= 1e30, "must be a positive number up to 1e30")
+seed = checked(int, lambda v: 0 <= v < 2**32, "must be a whole number from 0 to 2**32 - 1")
+beta = checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+non_negative_int = checked(int, lambda v: v >= 0, "must be 0 or more")
+non_negative = checked(float, lambda v: v >= 0 and math.isfinite(v), "must be 0 or more")  # 04's λ
+unit_value = checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's --smooth, 04's --clip
 
 
 def make_parser(doc, datasets, lr_said=None, **defaults):
-    """The flags all scripts share (CONVENTIONS.md) with the script's document values as their
-    defaults; a model flag exists only where the script gives it a default."""
+    """The flags all scripts share (CONVENTIONS.md), the script's document values as defaults; a
+    flag exists only where the script gives it a default."""
     p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -112,8 +111,7 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
     add("--dataset", "which data to train on", choices=datasets)
     add("--dataroot", "parent folder of the datasets: MNIST in DIR/MNIST, CelebA in "
         "DIR/celeba/img_align_celeba/*.jpg; for --dataset folder, an ImageFolder root", metavar="DIR")
-    p.add_argument("--out", metavar="DIR", help="where the run writes everything "
-                   "(default: runs/<script>-<dataset>)")
+    p.add_argument("--out", metavar="DIR", help="where the run writes (default: runs/<script>-<dataset>)")
     add("--epochs", "number of training epochs", type=positive_int, metavar="N")
     add("--batch-size", "batch size during training", type=positive_int, metavar="N")
     add("--lr", "learning rate of both optimizers", lr_said or "%(default)s", type=positive_float)
@@ -122,15 +120,15 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
     add("--nz", "size of the latent vector z", type=positive_int, metavar="N")
     add("--ngf", "size of the feature maps in the generator", type=positive_int, metavar="N")
     add("--ndf", "size of the feature maps in the discriminator", type=positive_int, metavar="N")
-    add("--workers", "DataLoader worker processes", "0 for a dataset held in memory, else "
-        "min(4, CPUs)", type=non_negative_int, metavar="N")
+    add("--workers", "DataLoader workers", "0 for data in memory, else min(4, CPUs)",
+        type=non_negative_int, metavar="N")
     add("--seed", "random seed", type=seed)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto picks cuda, then mps, then cpu (default: auto)")
     add("--log-every", "iterations between log lines", type=positive_int, metavar="N")
     add("--sample-every", "iterations between fixed-noise snapshots", type=positive_int, metavar="N")
     p.add_argument("--max-steps", type=positive_int, metavar="N",
-                   help="stop after N training iterations in all, and save a checkpoint")
+                   help="stop after N iterations in all, and save a checkpoint")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     return p
 
@@ -145,8 +143,8 @@ def check_device(device):
 
 
 def get_args(parser, argv, script):
-    """The command line, and with --resume the checkpoint, whose run's settings it takes: a
-    flag that contradicts one of them is an error. Returns (args, checkpoint or None)."""
+    """The command line; with --resume also the checkpoint, whose run's settings it takes (a
+    flag that contradicts one is an error). Returns (args, checkpoint or None)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     check_device(args.device)
@@ -177,8 +175,6 @@ or Kaggle's "celeba-dataset"), then: mkdir -p {root} && unzip img_align_celeba.z
 DOWNLOAD_HELP = """could not download or read {name} in {folder}: {reason}
 Without internet, put the files there by hand: {files}. If they are there and damaged, delete
 {folder} to download them again. Or pass --dataroot DIR for a folder that holds them."""
-FILES = {"cifar10": "cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/"}
-FIXED = (T.Resize, T.CenterCrop, T.Grayscale, T.ToTensor, T.Normalize)  # the same pixels every epoch
 
 
 def read_image(path):
@@ -191,29 +187,24 @@ def read_image(path):
                         "(with --resume if the run has written a checkpoint.pt)") from None
 
 
-def image_folder(root, transform, celeba):
-    """dset.ImageFolder(root), or what is wrong with the folder."""
-    problem = "the folder does not exist"
-    if os.path.isdir(root):
-        try:
-            return dset.ImageFolder(root=root, transform=transform, loader=read_image)
-        except FileNotFoundError:
-            problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
-            if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
-                problem = ("the images are directly in it, one level too shallow: move them into "
-                           f"a sub-folder, e.g. {os.path.join(root, 'img_align_celeba' if celeba else 'images')}/")
-    if celeba:
-        raise UserError(CELEBA_HELP.format(root=root, problem=problem))
-    raise UserError(f"--dataset folder: no images found in {root}: {problem}. Pass --dataroot DIR "
-                    "where DIR has one sub-folder per class (or just one) with the images inside")
-
-
 def load_dataset(name, dataroot, transform, image_shape, train=True):
     """The torchvision dataset of --dataset (fake: FakeData of image_shape (C, H, W)), or a clear
     error; train=False: the test split (evaluate.py)."""
     if name in ("celeba", "folder"):
-        return image_folder(os.path.join(dataroot, "celeba") if name == "celeba" else dataroot,
-                            transform, name == "celeba")
+        root = os.path.join(dataroot, "celeba") if name == "celeba" else dataroot
+        problem, sub = "it does not exist", "img_align_celeba" if name == "celeba" else "images"
+        if os.path.isdir(root):
+            try:
+                return dset.ImageFolder(root=root, transform=transform, loader=read_image)
+            except FileNotFoundError:
+                problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
+                if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
+                    problem = ("the images are directly in it, one level too shallow: move them into "
+                               f"a sub-folder, e.g. {os.path.join(root, sub)}/")
+        if name == "celeba":
+            raise UserError(CELEBA_HELP.format(root=root, problem=problem))
+        raise UserError(f"--dataset folder: no images found in {root}: {problem}. Pass --dataroot "
+                        "DIR where DIR has one sub-folder per class (or just one) with the images inside")
     if name == "fake":
         # FakeData seeds torch's generators for each image and gives back the CPU's alone: the
         # GPU's state is kept around it, so that --seed still decides the GPU's noise
@@ -229,10 +220,10 @@ def load_dataset(name, dataroot, transform, image_shape, train=True):
     try:
         dataset = cls(root=dataroot, train=train, download=True, transform=transform)
     except (RuntimeError, OSError, ValueError, AssertionError, EOFError, IndexError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        files = FILES.get(name, f"the four train-/t10k- *-idx?-ubyte files, .gz or not, into {folder}/raw/")
-        raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, reason=reason,
-                                             files=files)) from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # (torchvision's last word)
+        files = ("cifar-10-python.tar.gz, unpacked into cifar-10-batches-py/" if name == "cifar10" else
+                 f"the four train-/t10k- *-idx?-ubyte files, .gz or not, into {folder}/raw/")
+        raise UserError(DOWNLOAD_HELP.format(name=cls.__name__, folder=folder, files=files, reason=reason)) from None
     return in_memory(dataset)
 
 
@@ -240,15 +231,15 @@ def in_memory(dataset):
     """A dataset through its transform once, into a TensorDataset (with .classes): no PIL work
     per image per epoch. Not where it would take over IN_MEMORY bytes, or a step is random."""
     steps = getattr(dataset.transform, "transforms", [dataset.transform])
-    if not all(isinstance(s, FIXED) for s in steps) or len(dataset) * dataset[0][0].nelement() * 4 > IN_MEMORY:
+    size = len(dataset) * dataset[0][0].nelement() * 4  # bytes, in float32
+    if not all(isinstance(s, FIXED) for s in steps) or size > IN_MEMORY:
         return dataset
-    start = time.perf_counter()
-    workers = min(4, os.cpu_count() or 1) if len(dataset) > 10000 else 0
+    start, workers = time.perf_counter(), min(4, os.cpu_count() or 1) if len(dataset) > 10000 else 0
     images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=1000, num_workers=workers))
     kept = torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
     kept.classes = getattr(dataset, "classes", None) or [str(c) for c in range(dataset.num_classes)]
-    print(f"Transformed the {len(kept)} images once, into memory ({len(kept) * images[0][0].nbytes / 2**20:.0f}"
-          f" MB) in {time.perf_counter() - start:.1f} s")
+    print(f"Transformed the {len(kept)} images once, into memory "
+          f"({kept.tensors[0].nbytes / 2**20:.0f} MB) in {time.perf_counter() - start:.1f} s")
     return kept
 
 
@@ -276,7 +267,7 @@ def _worker_init(worker_id):
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
-# --- Files: written whole or not at all --------------------------------------------------------
+# --- Files, written whole or not at all --------------------------------------------------------
 def is_main():
     """Alone, or torchrun's first process: the one that writes files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -295,8 +286,9 @@ def write_atomically(path, write, sync=False):
         os.replace(tmp, path)
     except BaseException as e:
         folder = os.path.dirname(path) or "."  # full? (asked before the partial file frees space)
-        full = getattr(e, "errno", None) == errno.ENOSPC or (
-            isinstance(e, (OSError, RuntimeError)) and os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20)
+        full = getattr(e, "errno", None) == errno.ENOSPC or (isinstance(e, (OSError, RuntimeError))
+                                                               and os.path.isdir(folder)
+                                                               and shutil.disk_usage(folder).free < 2**20)
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if _QUITTING or isinstance(e, KeyboardInterrupt):  # (torch.save may turn it into a RuntimeError)
@@ -364,16 +356,17 @@ def load_checkpoint(path, script=None):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train first (python {script or '<script>'}.py ...), "
                         "or pass the right path")
-    damaged = "not a file that torch.save wrote, or one cut short"
+    cannot = f"{path} is not a checkpoint this script can read:"
+    damaged = f"{cannot} not a file that torch.save wrote, or one cut short"
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a cut one is none)
-        raise UserError(f"{path} is not a checkpoint this script can read: {damaged}")
+        raise UserError(damaged)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused a Python object
-        raise UserError(f"{path} is not a checkpoint this script can read: it holds Python objects "
-                        "other than tensors and plain values, and loading them could run any code") from None
+        raise UserError(f"{cannot} it holds Python objects other than tensors and plain values, "
+                        "and loading them could run any code") from None
     except Exception:  # a damaged archive
-        raise UserError(f"{path} is not a checkpoint this script can read: {damaged}") from None
+        raise UserError(damaged) from None
     if not (isinstance(ckpt, dict) and "script" in ckpt):
         raise UserError(f"{path} is not a checkpoint of {script + '.py' if script else 'these scripts'} "
                         "(a netG.pt holds a generator's weights alone: use the run's checkpoint.pt)")
@@ -414,10 +407,10 @@ def save_real_vs_fake(real, fake, path, fake_nrow=8):
     a = vutils.make_grid(real.cpu(), padding=2, normalize=True, value_range=(-1, 1))
     b = vutils.make_grid(fake, nrow=fake_nrow, padding=2, normalize=True, value_range=(-1, 1))
     h = max(a.shape[1], b.shape[1])
-    pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0)
+    a, b = (torch.nn.functional.pad(g, (0, 0, 0, h - g.shape[1]), value=1.0) for g in (a, b))
     if is_main():
-        write_atomically(path, lambda f: vutils.save_image(
-            torch.cat([pad(a), torch.ones(3, h, 16), pad(b)], dim=2), f, format="png"))
+        write_atomically(path, lambda f: vutils.save_image(torch.cat([a, torch.ones(3, h, 16), b], dim=2),
+                                                           f, format="png"))
 
 
 def save_gif(frames, path, duration):
@@ -489,28 +482,22 @@ class Run:
         self.pinned = self.device.type == "cuda"  # batches in pinned memory: copies that do not wait
         self.gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(self.device.type)  # its random generator
         _RUN, _QUITTING = self, False
-        if is_main():
-            self._take_folder()
+        if is_main():  # the folder, locked, this run's alone
+            make_folder(self.out)
+            lock(self.out)
+            ckpt, resume = os.path.join(self.out, "checkpoint.pt"), args.resume
+            if os.path.exists(ckpt) and not (resume and os.path.samefile(ckpt, resume)):
+                unlock(self.out)
+                raise UserError(f"--out {self.out} holds another run's checkpoint.pt: resume into its own "
+                                "folder (leave out --out), or pass an --out without one" if resume else
+                                f"{self.out} already holds a run's checkpoint.pt. Continue it with --resume "
+                                f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {self.out})")
+            for path in glob.glob(os.path.join(self.out, "fake_samples_*.png")):  # an attempt after the
+                if int(os.path.basename(path)[13:-4]) >= self.iters:  # checkpoint: not in progress.gif
+                    os.remove(path)
         if hasattr(sys.stdout, "reconfigure"):  # each log line shows at once, in a pipe or a file too
             sys.stdout.reconfigure(line_buffering=True)
         print(f"Device: {self.device}")
-
-    def _take_folder(self):
-        """The folder, locked; refused where another run's checkpoint is. Snapshots past the
-        resumed checkpoint go (an attempt it does not cover): progress.gif is this run's."""
-        make_folder(self.out)
-        lock(self.out)
-        ckpt, resume = os.path.join(self.out, "checkpoint.pt"), self.args.resume
-        if os.path.exists(ckpt) and not (resume and os.path.samefile(ckpt, resume)):
-            unlock(self.out)
-            if resume:
-                raise UserError(f"--out {self.out} holds another run's checkpoint.pt: resume into the "
-                                "checkpoint's own folder (leave out --out), or pass an --out without one")
-            raise UserError(f"{self.out} already holds a run's checkpoint.pt. Continue it with --resume "
-                            f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {self.out})")
-        for path in glob.glob(os.path.join(self.out, "fake_samples_*.png")):
-            if int(os.path.basename(path)[13:-4]) >= self.iters:  # (13: len("fake_samples_"))
-                os.remove(path)
 
     def dataloader(self, dataset, batch_size, num_workers=None, drop_last=False):
         """The chapter's DataLoader(dataset, batch_size, shuffle=True, num_workers), with an
@@ -522,12 +509,14 @@ class Run:
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
             drop_last=drop_last, pin_memory=self.pinned, persistent_workers=num_workers > 0,
-            worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))  # (workers' seeds:
-        if len(loader) == 0:                                    # the global generator is left alone)
+            worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(0))  # (the workers' seeds: the global one is left be)
+        if len(loader) == 0:
             raise UserError(f"the dataset has {len(dataset)} images, fewer than one batch "
                             f"(--batch-size {batch_size}): use a smaller --batch-size")
-        classes = f" in {len(dataset.classes)} classes" if len(getattr(dataset, "classes", ())) > 1 else ""
-        print(f"Dataset: {self.args.dataset}, {len(dataset)} images{classes}, {len(loader)} batches of {batch_size} per epoch")
+        classes = len(getattr(dataset, "classes", ()))
+        print(f"Dataset: {self.args.dataset}, {len(dataset)} images" + (f" in {classes} classes" if classes > 1 else "")
+              + f", {len(loader)} batches of {batch_size} per epoch")
         if self.size > 1:
             print(f"torchrun: {self.size} processes, a global batch of {self.size * batch_size}")
         return loader
@@ -578,14 +567,14 @@ class Run:
             yield (i, next(batches)) if single else (i, batches)
             self.iters += 1
             if i % self.args.log_every == 0:
-                self.flush()  # under torchrun: where the processes agree to stop
+                self.flush()  # (under torchrun: where the processes agree to stop)
             if (self.signal and self.size == 1) or self.iters == self.args.max_steps:
                 self.stopped = True
             if self.stopped:
                 break
         self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
-        snapshot = os.path.join(self.out, f"fake_samples_{self.iters - 1:06d}.png")
-        if self.stopped and not os.path.exists(snapshot):
+        last = os.path.join(self.out, f"fake_samples_{self.iters - 1:06d}.png")
+        if self.stopped and not os.path.exists(last):
             self.snapshot(self.sample(), self.iters - 1)
 
     def _start(self, n, per_step, batch_size):
@@ -624,8 +613,9 @@ class Run:
         away what it wrote (real_samples.png), and its folder if that is then empty."""
         while self._handlers:
             signal.signal(*self._handlers.popitem())
-        mine = os.path.realpath(os.path.join(self.out, ".lock")) in _LOCKS  # (not a refused folder)
-        if failed and mine and not self.started and not os.path.exists(os.path.join(self.out, "checkpoint.pt")):
+        mine = os.path.realpath(os.path.join(self.out, ".lock")) in _LOCKS  # (not a folder refused)
+        new = not os.path.exists(os.path.join(self.out, "checkpoint.pt"))
+        if failed and mine and new and not self.started:
             for name in ("real_samples.png", ".lock"):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.out, name))
@@ -657,7 +647,8 @@ class Run:
             stop, nan_at = bool(votes[0].item()), -votes[1].item()
             self.signal = self.signal or (stop and "a signal in another process")
         if nan_at < math.inf:
-            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:])) if bad else "in another process"
+            said = (", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:])) if bad
+                    else "in another process")
             raise self.diverged(f"a loss became NaN or infinite at iteration {int(nan_at)} ({said})")
         self.stopped = self.stopped or stop
 
@@ -680,13 +671,16 @@ class Run:
 
     def save(self):
         self.flush()  # raises on a non-finite loss, before the state can replace a good checkpoint
-        state = {k: _cpu(unwrap(x).state_dict() if hasattr(x, "state_dict") else x) for k, x in self.state.items()}
-        if not all(t.isfinite().all() for net in ("netG", "netD") for t in state[net].values() if t.is_floating_point()):
+        state = {k: _cpu(unwrap(x).state_dict() if hasattr(x, "state_dict") else x)
+                 for k, x in self.state.items()}
+        weights = [t for net in ("netG", "netD") for t in state[net].values() if t.is_floating_point()]
+        if not all(t.isfinite().all() for t in weights):
             raise self.diverged(f"the weights became NaN or infinite by iteration {self.iters}")
         rng = {"cpu": torch.get_rng_state(), "device_type": self.device.type,
                "device": self.gpu.get_rng_state() if self.gpu else None}
         save_checkpoint({"script": self.script, "args": vars(self.args), "iters": self.iters,
-                         "history": self.rows, "rng": rng, **state}, os.path.join(self.out, "checkpoint.pt"))
+                         "history": self.rows, "rng": rng, **state},
+                        os.path.join(self.out, "checkpoint.pt"))
 
     def snapshot(self, fake, iters):
         """G's images of the fixed noise at this iteration: the chapter's img_list, as files."""

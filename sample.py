@@ -51,7 +51,7 @@ parser = argparse.ArgumentParser(prog="sample.py", description=__doc__, allow_ab
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("checkpoint", help="a checkpoint.pt that one of the four scripts wrote")
 parser.add_argument("--n", type=common.positive_int, default=64, help="how many images (default: 64)")
-parser.add_argument("--walk", type=common._checked(int, lambda v: v >= 2, "must be 2 or more: a walk "
+parser.add_argument("--walk", type=common.checked(int, lambda v: v >= 2, "must be 2 or more: a walk "
                     "has two ends"), metavar="K", help="N/K latent walks of K images each, from one "
                     "random z to another: walk.png and walk.gif")
 parser.add_argument("--interp", choices=["slerp", "lerp"], help="--walk's path: slerp, along the "
