@@ -3,13 +3,11 @@
     python benchmarks/data_speed.py                 # 5,000 CelebA-sized JPEGs, made in a temp folder
     python benchmarks/data_speed.py --n 20000 --folder DIR   # more, or a folder of your own
 
-For an image folder: today's path (ImageFolder and the chapter's transform on every image, every
-epoch) at 0, 2 and 4 workers; the decoded cache's first pass (the build) and its batches
-afterwards. For an in-memory dataset the size of MNIST at 64x64: a float32 TensorDataset indexed
-a sample at a time and collated (the path before) against uint8 Images, a batch one indexing.
-Each figure is one whole epoch after the workers have started, as float batches ready for the
-model (ToTensor and Normalize on this CPU) and, where the data is uint8, as the uint8 batches
-a GPU run is fed (it normalises them itself). On a GPU: benchmarks/gpu_check.sh.
+An image folder (ImageFolder and the chapter's transform on every image, every epoch, as
+run.dataloader serves it) at 0, 2 and 4 workers; and a dataset the size of MNIST at 64x64, read
+by PIL and the transform every epoch against held in memory (common.in_memory: a TensorDataset,
+what the downloaded datasets become). Each figure is one whole epoch after the workers have
+started, as float batches ready for the model. On a GPU: benchmarks/gpu_check.sh.
 """
 import argparse
 import os
@@ -49,19 +47,33 @@ def epoch_rate(loader):
     return n / (time.perf_counter() - start)
 
 
-def run_for(out, dataset="folder", no_cache=False):
-    args = types.SimpleNamespace(out=out, resume=None, seed=0, dataset=dataset, no_cache=no_cache)
+class Digits(torch.utils.data.Dataset):
+    """n random 28x28 grey images read as torchvision's MNIST reads its own: uint8 to PIL, then
+    the transform."""
+
+    def __init__(self, n, transform):
+        self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
+        self.transform, self.classes = transform, [str(c) for c in range(10)]
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, k):
+        return self.transform(Image.fromarray(self.data[k].numpy(), mode="L")), k % 10
+
+
+def run_for(out, dataset="folder"):
+    args = types.SimpleNamespace(out=out, resume=None, seed=0, dataset=dataset)
     return common.Run("benchmark", args, None, torch.device("cpu"))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=5000, help="JPEGs to make (default: 5000)")
-    p.add_argument("--folder", help="an ImageFolder root of your own instead (its cache is written there)")
+    p.add_argument("--folder", help="an ImageFolder root of your own instead")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="data_speed-")
-    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tmp, "home"))
     root = args.folder or os.path.join(tmp, "celeba")
     if not args.folder:
         start = time.perf_counter()
@@ -70,47 +82,29 @@ def main():
     transform = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64),
                                     transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
     print(f"CPU cores: {os.cpu_count()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []  # (what, float batches a second here, uint8 ones: what a GPU is fed)
-    for workers in args.workers:  # today's path
-        run = run_for(os.path.join(tmp, f"jpeg{workers}"), no_cache=True)
-        data = common.load_dataset("folder", root, transform, (3, 64, 64))
-        rate = epoch_rate(run.dataloader(data, BATCH, workers, drop_last=True))
-        rows.append((f"JPEGs: ImageFolder + the transform, {workers} workers", rate, None))
+    rows = []
+    for workers in args.workers:
+        run = run_for(os.path.join(tmp, f"jpeg{workers}"))
+        data = dset.ImageFolder(root, transform=transform, loader=common.read_image)
+        rows.append((f"JPEG folder, {workers} workers", epoch_rate(run.dataloader(data, BATCH, workers, drop_last=True))))
         run.release()
-    for workers in args.workers:  # the first pass: one build each, from scratch
-        for old in common.cache_folders(root):
-            for f in os.listdir(old) if os.path.isdir(old) else []:
-                if f.startswith("gan-cache-"):
-                    os.remove(os.path.join(old, f))
-        data = common.load_dataset("folder", root, transform, (3, 64, 64))
-        start = time.perf_counter()
-        cached = common.decoded_cache(data, workers)
-        rows.append((f"decoded cache, its first pass (the build), {workers} workers",
-                     len(data) / (time.perf_counter() - start), None))
-    for workers in args.workers:  # afterwards
-        run = run_for(os.path.join(tmp, f"cache{workers}"))
-        loader = run.dataloader(cached, BATCH, workers, drop_last=True)
-        rows.append((f"decoded cache, afterwards, {workers} workers", epoch_rate(loader),
-                     epoch_rate(loader.loader)))
-        run.release()
-    # in memory, MNIST's size at 64x64: before (float32, per sample) and after (uint8, one index)
-    images = torch.randint(0, 256, (60000, 1, 64, 64), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (60000,))
-    before = torch.utils.data.TensorDataset(images.float().div(255).sub(0.5).div(0.5), labels)
-    loader = torch.utils.data.DataLoader(before, batch_size=BATCH, sampler=common.EpochSampler(before, 0),
-                                         drop_last=True)
-    rows.append(("MNIST-sized, in memory before: float32 TensorDataset, per sample + collate",
-                 epoch_rate(loader), None))
+    # MNIST's size at 64x64: 28x28 grey PNG-like images through Resize(64) each epoch, or once
+    grey = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64), transforms.ToTensor(),
+                               transforms.Normalize((0.5,), (0.5,))])
+    mnist = Digits(60000, grey)
     run = run_for(os.path.join(tmp, "memory"), dataset="mnist")
-    after = common.Images(images, labels, [str(c) for c in range(10)], (0.5,), (0.5,))
-    loader = run.dataloader(after, BATCH, drop_last=True)
-    rows.append(("MNIST-sized, in memory now: uint8 Images, one index a batch", epoch_rate(loader),
-                 epoch_rate(loader.loader)))
+    for workers in args.workers:
+        rows.append((f"MNIST-sized, transformed every epoch, {workers} workers",
+                     epoch_rate(run.dataloader(mnist, BATCH, workers, drop_last=True))))
+    start = time.perf_counter()
+    kept = common.in_memory(mnist)
+    took = time.perf_counter() - start
+    rows.append((f"MNIST-sized, in memory (made once in {took:.0f} s), 0 workers",
+                 epoch_rate(run.dataloader(kept, BATCH, 0, drop_last=True))))
     run.release()
-    print(f"\n| batches of {BATCH}, 64x64 | images/s, as float (ToTensor, Normalize here) | "
-          "as uint8 (the GPU normalises) |\n| --- | ---: | ---: |")
-    for what, rate, raw in rows:
-        print(f"| {what} | {rate:,.0f} | {f'{raw:,.0f}' if raw else '-'} |")
+    print(f"\n| batches of {BATCH}, 64x64 | images/s |\n| --- | ---: |")
+    for what, rate in rows:
+        print(f"| {what} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":

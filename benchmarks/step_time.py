@@ -1,4 +1,4 @@
-"""Seconds per training iteration of each script: fp32 NCHW, fp32 channels_last, and --amp.
+"""Seconds per training iteration of each script: NCHW against channels_last.
 
     python benchmarks/step_time.py                          # the four scripts, their defaults
     python benchmarks/step_time.py --scripts 02_dcgan --device cuda
@@ -12,13 +12,11 @@ once per iteration), after waiting for the device (CUDA and MPS queue their work
 once: unsynchronised, the times would be the queue's).
 
 "NCHW" runs the scripts with their channels_last lines turned into no-ops (torch.channels_last
-is replaced by torch.contiguous_format while that row runs). "--amp" is the flag as a user gets
-it: where bfloat16 is not native it trains in fp32 and the table says so; --force-bf16 runs
-autocast anyway, to show what emulated bfloat16 costs. "fp32" is torch's default precision: on
-NVIDIA GPUs from Ampere (8.0) on, that runs cuDNN's convolutions in TF32, as in the scripts, and
-the table says so. Each cell also gives images per second (the real images an iteration takes:
-04 takes n_critic = 5 batches of 64). --batch-size N runs every script and the bare loop at batch
-N instead (benchmarks/gpu_check.sh cpu: a quick try of this benchmark on a CPU).
+is replaced by torch.contiguous_format while that row runs). Everything is torch's default
+precision, float32: on NVIDIA GPUs from Ampere (8.0) on, that runs cuDNN's convolutions in TF32,
+as in the scripts, and the table says so. Each cell also gives images per second (the real
+images an iteration takes: 04 takes n_critic = 5 batches of 64). --batch-size N runs every
+script and the bare loop at batch N instead (benchmarks/gpu_check.sh cpu: a quick try).
 
 Below the table, 02 at the chapter's settings beside a bare loop of the same models and math
 (no data loading, logging, snapshots or checkpoints): what the script itself costs. On CUDA
@@ -45,7 +43,7 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
 SCRIPTS = ["01_mlp_gan", "02_dcgan", "03_cgan", "04_wgan_gp"]
-CONV = {"02_dcgan", "03_cgan", "04_wgan_gp"}  # the ones with channels_last and --amp
+CONV = {"02_dcgan", "03_cgan", "04_wgan_gp"}  # the ones with channels_last
 WARMUP, TIMED = 2, 5
 
 
@@ -54,7 +52,7 @@ def synchronize(device):
     getattr(torch, torch.device(device).type).synchronize()
 
 
-def step_times(script, device, extra=(), nchw=False, force_bf16=False):
+def step_times(script, device, extra=(), nchw=False):
     """Seconds of each of the WARMUP + TIMED iterations of one run of the script."""
     stamps = []
     append = common.Run.append
@@ -64,12 +62,10 @@ def step_times(script, device, extra=(), nchw=False, force_bf16=False):
         synchronize(device)
         stamps.append(time.perf_counter())
 
-    saved = torch.channels_last, common._native_bf16
+    saved = torch.channels_last
     common.Run.append = timed_append
     if nchw:
         torch.channels_last = torch.contiguous_format
-    if force_bf16:
-        common._native_bf16 = lambda device: True
     try:
         with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
             module = importlib.import_module(script)
@@ -78,7 +74,7 @@ def step_times(script, device, extra=(), nchw=False, force_bf16=False):
             status = module.main(argv)
     finally:
         common.Run.append = append
-        torch.channels_last, common._native_bf16 = saved
+        torch.channels_last = saved
     assert status == 0, f"{script} exited with {status}"
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -91,7 +87,7 @@ BATCH = {"01_mlp_gan": 100, "02_dcgan": 128, "03_cgan": 128, "04_wgan_gp": 64}  
 BATCHES = {"04_wgan_gp": 5}  # batches an iteration takes (04's n_critic); the others, 1
 
 
-def bare_step(device, ngf=64, amp=False, compiled=False, batch=128):
+def bare_step(device, ngf=64, compiled=False, batch=128):
     """Median seconds of an iteration of 02's models and math with no script around them: the
     chapter's loop body on one random batch already on the device, channels_last, no data
     loading, logging, snapshots or checkpoints."""
@@ -101,8 +97,6 @@ def bare_step(device, ngf=64, amp=False, compiled=False, batch=128):
     netG, netD = m.Generator(100, ngf, 3).to(dev), m.Discriminator(3, ngf).to(dev)
     netG.apply(m.weights_init), netD.apply(m.weights_init)
     netG, netD = netG.to(memory_format=torch.channels_last), netD.to(memory_format=torch.channels_last)
-    with contextlib.redirect_stdout(io.StringIO()):
-        common.amp(dev, amp, netG, netD)
     if compiled:
         netG, netD = torch.compile(netG), torch.compile(netD)
     criterion = torch.nn.BCELoss()
@@ -140,15 +134,13 @@ def main():
     p.add_argument("--mnist", metavar="DIR", help="also time 02 on the real MNIST in DIR/MNIST")
     p.add_argument("--ngf128", action="store_true", default=None,
                    help="also 02 at §12.4.6's ngf = ndf = 128 (default: on CUDA only; 4x the time)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="also the bare loop with torch.compile of G and D (default: on CUDA only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the bare loop with torch.compile of G and D, which needs a C compiler "
+                   "(default: on CUDA only)")
     p.add_argument("--batch-size", type=int, metavar="N", help="every script and the bare loop at "
                    "batch N (default: the scripts' own)")
-    p.add_argument("--force-bf16", action="store_true",
-                   help="a column with autocast to bfloat16 even where it is not native")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
-    native = common._native_bf16(torch.device(args.device))
 
     size = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     rows = [(s, s, size) for s in args.scripts.split(",")]
@@ -156,9 +148,7 @@ def main():
         rows.append(("02_dcgan (ngf = ndf = 128)", "02_dcgan", [*size, "--ngf", "128", "--ndf", "128"]))
     if args.mnist:  # a real dataset as the last flag wins over --dataset fake
         rows.append(("02_dcgan (MNIST 1x64x64)", "02_dcgan", [*size, "--dataset", "mnist", "--dataroot", args.mnist]))
-    cols = ["fp32 NCHW", "fp32 channels_last", "--amp" if native else "--amp (no bf16 here: fp32)"]
-    if args.force_bf16:
-        cols.append("bf16 forced")
+    cols = ["fp32 NCHW", "fp32 channels_last"]
     where = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(f"# {where}, device {args.device}, torch {torch.__version__}; median of {TIMED} iterations "
           f"after {WARMUP} warm-up; img/s: real images an iteration takes (04: 5 batches)")
@@ -170,33 +160,24 @@ def main():
     for name, script, extra in rows:
         n = (args.batch_size or BATCH[script]) * BATCHES.get(script, 1)
         if script not in CONV:
-            cells = [cell(median_step(script, args.device, extra), n), "(no convolutions)",
-                     "(no --amp: MLP)"] + (["-"] if args.force_bf16 else [])
+            cells = [cell(median_step(script, args.device, extra), n), "(no convolutions)"]
         else:
             nchw = median_step(script, args.device, extra, nchw=True)
-            cells = [cell(nchw, n), cell(median_step(script, args.device, extra), n, nchw),
-                     cell(median_step(script, args.device, [*extra, "--amp"]), n, nchw)]
-            if args.force_bf16:
-                forced = median_step(script, args.device, [*extra, "--amp"], force_bf16=True)
-                cells.append(cell(forced, n, nchw))
+            cells = [cell(nchw, n), cell(median_step(script, args.device, extra), n, nchw)]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
     if "02_dcgan" not in args.scripts.split(","):
         return
     # What the script costs beyond its models and math: the same step, bare
     b = args.batch_size or 128
-    print(f"\n| 02, batch {b}, 3x64x64, channels_last | fp32 | --amp |")
-    print("| --- | --- | --- |")
-    script = [median_step("02_dcgan", args.device, size), median_step("02_dcgan", args.device, [*size, "--amp"])]
-    bare = [bare_step(args.device, batch=b), bare_step(args.device, amp=native, batch=b)]
-    print(f"| the script | {cell(script[0], b)} | {cell(script[1], b)} |")
-    print(f"| bare loop, same models and math | {cell(bare[0], b, script[0])} | "
-          f"{cell(bare[1], b, script[1])} |", flush=True)
+    print(f"\n| 02, batch {b}, 3x64x64, channels_last | fp32 |")
+    print("| --- | --- |")
+    script = median_step("02_dcgan", args.device, size)
+    bare = bare_step(args.device, batch=b)
+    print(f"| the script | {cell(script, b)} |")
+    print(f"| bare loop, same models and math | {cell(bare, b, script)} |", flush=True)
     if args.compile or (args.compile is None and cuda):
-        compiled = [bare_step(args.device, compiled=True, batch=b),
-                    bare_step(args.device, amp=native, compiled=True, batch=b)]
-        print(f"| bare loop, torch.compile of G and D | {cell(compiled[0], b, bare[0])} | "
-              f"{cell(compiled[1], b, bare[1])} |")
+        print(f"| bare loop, torch.compile of G and D | {cell(bare_step(args.device, compiled=True, batch=b), b, bare)} |")
 
 
 if __name__ == "__main__":
