@@ -9,9 +9,11 @@ import glob
 import math
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -133,13 +135,35 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
     return p
 
 
+def gpu_unusable():
+    """Why torch cannot use this machine's NVIDIA GPU, and what to install, or None (there is no
+    such GPU, or torch uses it)."""
+    if torch.cuda.is_available() or not (shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia")):
+        return None
+    driver = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError, AttributeError):
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+        driver = re.search(r"CUDA Version: *([0-9.]+)", smi).group(1)  # the newest CUDA it runs
+    why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None else
+           f"this torch ({torch.__version__}) is built for CUDA {torch.version.cuda}"
+           + (f", and the NVIDIA driver here runs CUDA up to {driver}" if driver else ""))
+    wheels = {"11": "cu118", "12": "cu126"}.get((driver or "12").split(".")[0], "cu130")  # PyTorch's builds
+    return (f"{why}. A torch for this driver: pip install torch torchvision --index-url "
+            f"https://download.pytorch.org/whl/{wheels} (README, Your torch)")
+
+
 def check_device(device):
-    """--device cuda or mps where there is none: a clear message, not torch's traceback."""
+    """--device cuda or mps where there is none: a clear message, not torch's traceback; with
+    --device auto, one line where an NVIDIA GPU is there and torch cannot use it."""
+    why = gpu_unusable() if device in ("auto", "cuda") else None
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU; use "
-                        "--device cpu or auto")
+        raise UserError(f"--device cuda: {why}" if why else f"--device cuda: this torch "
+                        f"({torch.__version__}) sees no CUDA GPU; use --device cpu or auto")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
+    if why:
+        print(f"This machine has an NVIDIA GPU, and torch cannot use it: training on the CPU, 50 to "
+              f"100 times slower: {why}", flush=True)
 
 
 def get_args(parser, argv, script):

@@ -133,7 +133,11 @@ def resize(images, size):
     02's 64x64 MNIST: 57, against 113 bilinear and 2.6 for MNIST's own 28x28; docs/evaluate.md)."""
     if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    try:
+        resized = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
+    except NotImplementedError:  # no kernel for it on this device (MPS before torch 2.8): the CPU's
+        resized = F.interpolate(images.cpu(), size=(size, size), mode="bicubic", antialias=True).to(images.device)
+    return resized.clamp(-1, 1)
 
 
 # --- The numbers --------------------------------------------------------------------------------

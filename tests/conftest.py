@@ -219,3 +219,14 @@ def signal_at_iteration_2(runs, env=None):
         stdout, stderr = p.communicate(timeout=120)
         results.append((p.returncode, "".join(lines) + stdout, stderr))
     return results
+
+
+@pytest.fixture
+def float32_exact(monkeypatch):
+    """For tests that compare images made in batches of different sizes: on CUDA, TF32 rounds a
+    convolution's inputs to 10 bits and cudnn.benchmark (which a script's main() turns on) picks
+    an algorithm per batch shape, so the same image can differ by about 1e-3 between batches;
+    here both are off, and such images agree to float32's rounding. (On the CPU: no change.)"""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

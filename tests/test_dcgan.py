@@ -283,7 +283,7 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert shlex.split(resume) == ["python", "02_dcgan.py", "--resume", str(out / "checkpoint.pt")]
 
 
-def test_samples_do_not_depend_on_the_rest_of_the_batch():
+def test_samples_do_not_depend_on_the_rest_of_the_batch(float32_exact):
     """Eval-mode BatchNorm: an image is a function of its own z, alone or in a grid of 64."""
     torch.manual_seed(0)
     netG = dcgan.Generator(100, 8, 3)

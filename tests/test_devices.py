@@ -1,6 +1,8 @@
 """What a GPU would break, checked on whatever device the tests run on: host syncs in the loop,
 checkpoints a machine without the GPU must load, the noise --seed decides. On the CPU the meta
 device stands in for the GPU where a second device is needed."""
+import os
+import shutil
 import sys
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import common
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, user_error
 
 TINY = {  # script: tiny flags
     "01_mlp_gan": [],
@@ -108,3 +110,64 @@ def test_the_seed_decides_the_noise_on_every_device(tmp_path, device, script):
                                          *TINY[script]]) == 0
         fixed.append(torch.load(out / "checkpoint.pt", weights_only=True)["fixed_noise"])
     assert not torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], fixed[2])
+
+
+def stand_in_nvidia_smi(folder, monkeypatch, cuda_version):
+    """An nvidia-smi on PATH that prints the header of a driver running CUDA up to cuda_version,
+    on a torch that cannot use a GPU (as with a CPU-only build, or a driver too old for it)."""
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 470.57.02    Driver Version: 470.57.02    "
+                   f"CUDA Version: {cuda_version}     |'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for nvidia-smi")
+def test_a_gpu_torch_cannot_use_is_named_with_the_reason_and_the_run_goes_on_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """Issue 29: a driver too old for the build's CUDA (CUDA 11.4 here), or a CPU-only build:
+    --device auto says why in one line and trains on the CPU; --device cuda stops with that
+    reason (exit status 1, no traceback) instead of torch's."""
+    stand_in_nvidia_smi(tmp_path, monkeypatch, "11.4")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    dcgan = load_script("02_dcgan")
+    flags = ["--dataset", "fake", "--batch-size", "8", "--workers", "0", "--max-steps", "1", *TINY["02_dcgan"]]
+    assert dcgan.main(flags + ["--device", "auto", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "NVIDIA GPU" in line]
+    assert len(said) == 1 and "Device: cpu" in out
+    assert "built for CUDA 13.0, and the NVIDIA driver here runs CUDA up to 11.4" in said[0]
+    assert "--index-url https://download.pytorch.org/whl/cu118" in said[0]
+    with pytest.raises(SystemExit) as e:
+        common.cli(dcgan.main, flags + ["--device", "cuda", "--out", str(tmp_path / "cuda")])
+    assert e.value.code.startswith("error: --device cuda: this torch") and "up to 11.4" in e.value.code
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build, beside a driver of CUDA 12
+    stand_in_nvidia_smi(tmp_path, monkeypatch, "12.2")
+    msg = user_error(dcgan.main, flags + ["--device", "cuda", "--out", str(tmp_path / "cpu_only")])
+    assert "is a CPU-only build" in msg and "whl/cu126" in msg and not (tmp_path / "cpu_only").exists()
+
+
+def test_without_an_nvidia_gpu_nothing_is_said(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    assert common.gpu_unusable() is None
+
+
+def test_a_resize_without_a_kernel_on_the_device_runs_on_the_cpu(monkeypatch):
+    """Issue 29: on an Apple GPU before torch 2.8, antialiased bicubic resizing has no MPS kernel
+    and raises NotImplementedError; evaluate.py then resizes on the CPU, to the same numbers."""
+    evaluate = load_script("evaluate")
+    images = torch.rand(3, 1, 64, 64) * 2 - 1
+    expected = evaluate.resize(images, 28)
+    interpolate, calls = torch.nn.functional.interpolate, []
+
+    def no_kernel_the_first_time(x, *a, **k):
+        calls.append(x.device.type)
+        if len(calls) == 1:
+            raise NotImplementedError("The operator 'aten::_upsample_bicubic2d_aa.out' is not currently "
+                                      "implemented for the MPS device.")
+        return interpolate(x, *a, **k)
+
+    monkeypatch.setattr(evaluate.F, "interpolate", no_kernel_the_first_time)
+    assert torch.equal(evaluate.resize(images, 28), expected) and len(calls) == 2

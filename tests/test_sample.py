@@ -213,7 +213,7 @@ def test_the_seed_picks_the_images_and_the_runs_is_the_default(ckpts, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_an_image_depends_on_its_own_z_alone(script, ckpts, monkeypatch, device):
+def test_an_image_depends_on_its_own_z_alone(script, ckpts, monkeypatch, device, float32_exact):
     """BatchNorm in eval mode: the same z give the same images in batches of 6, 4 + 2, or one at
     a time (in train mode each batch would be normalised by its own statistics)."""
     labels = [7] if script == "03_cgan" else None  # 03: walks of z within class 7
@@ -229,7 +229,7 @@ def test_an_image_depends_on_its_own_z_alone(script, ckpts, monkeypatch, device)
 
 # --- Latent walks -------------------------------------------------------------------------------
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_walk_files_and_ends(script, ckpts, tmp_path, monkeypatch, device, capsys):
+def test_walk_files_and_ends(script, ckpts, tmp_path, monkeypatch, device, capsys, float32_exact):
     """walk.png: K columns, N/K rows; walk.gif: 2K - 2 frames (there and back) of the N/K
     walks' step j; the ends of each walk are G's images of its two seeded z (sample() on those
     z alone, another batch), slerp and lerp alike; the PNG holds the images in walk order."""
