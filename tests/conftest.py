@@ -229,4 +229,4 @@ def float32_exact(monkeypatch):
     here both are off, and such images agree to float32's rounding. (On the CPU: no change.)"""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # (matrix products: TF32 is off by torch's default, torch.backends.cuda.matmul.allow_tf32)
