@@ -210,3 +210,39 @@ def test_wgan_flags_it_cannot_honour(tmp_path, flags, says):
     msg = error_of(["--dataset", "fake", "--workers", "0", "--out", str(tmp_path), *flags],
                    load_script("04_wgan_gp"))
     assert says in msg
+
+
+KILLED_WHILE_SAVING = """import importlib, os, signal, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import common
+common.FAKE_SIZE = 16  # 2 iterations an epoch: a checkpoint every 2
+saves, save = [], torch.save
+def save_then_die(obj, f, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 3:  # the third checkpoint, half written: kill -9
+        f.write(b"half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, f, *args, **kwargs)
+torch.save = save_then_die
+importlib.import_module("02_dcgan").main(sys.argv[2:])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_kill_9_during_a_save_leaves_the_last_checkpoint_loadable(tmp_path):
+    """kill -9 cannot be caught: nothing of the run's runs after it. The checkpoint is written to
+    a temporary file and renamed over the last one once whole, so the last one stays whole."""
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, ROOT, *TINY, "--device", "cpu",
+                        "--epochs", "10", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert common.load_checkpoint(str(out / "checkpoint.pt"), "02_dcgan")["iters"] == 4  # the 2nd save
+    leftovers = temporary_files(out)  # the half-written one, which Troubleshooting says to delete
+    assert len(leftovers) == 1 and os.path.basename(leftovers[0]).startswith("checkpoint.pt.tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "FAKE_SIZE", 16)
+        assert dcgan.main(["--resume", str(out / "checkpoint.pt"), "--max-steps", "6"]) == 0
+    assert load(out / "checkpoint.pt")["iters"] == 6
