@@ -17,7 +17,6 @@ import glob
 import importlib
 import math
 import os
-import sys
 
 import torch
 import torchvision.utils as vutils

@@ -10,7 +10,6 @@ import importlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 

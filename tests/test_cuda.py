@@ -5,7 +5,6 @@ import subprocess
 import pytest
 import torch
 
-import common
 from conftest import ROOT, load, load_script, read_csv, torchrun_cmd
 
 pytestmark = pytest.mark.cuda_only

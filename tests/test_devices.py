@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 
 import common
 from conftest import ROOT, load_script, user_error

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import common
-from conftest import ROOT, load, load_script, make_images, read_csv, tmpfs, usage_error, user_error
+from conftest import ROOT, load, load_script, tmpfs, usage_error, user_error
 
 dcgan = load_script("02_dcgan")
 TINY = ["--dataset", "fake", "--ngf", "8", "--ndf", "8", "--batch-size", "8", "--workers", "0"]
