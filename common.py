@@ -8,16 +8,11 @@ import errno
 import glob
 import math
 import os
-import pickle
-import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
-import zipfile
 
 import torch
 import torch.distributed as dist
@@ -37,7 +32,9 @@ IN_MEMORY = 2**30  # bytes: a dataset whose transformed images fit is kept in me
 FIXED = (T.Resize, T.CenterCrop, T.Grayscale, T.ToTensor, T.Normalize)  # the same pixels every epoch
 FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}  # others: the run's
 PER_INVOCATION = {"resume", "max_steps", "device"}  # never taken from a checkpoint
-_RUN = None  # this process's Run, for cli() to let go of its folder
+DIVERGED = ("training stopped, and checkpoint.pt, if the run has one, is kept as it was. Try a lower "
+            "--lr (docs/shared.md, Troubleshooting)")
+_RUN = None  # this process's Run, once it holds its folder: cli() lets go of it
 _QUITTING = False  # a second Ctrl-C has come: whatever torch.save makes of it, quit
 
 
@@ -45,16 +42,12 @@ class UserError(Exception):
     """Something the user can fix: cli() prints it without a traceback and exits with 1."""
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def cli(main, argv=None):
     """main(argv) as a command: a user error is one line and exit status 1; Ctrl-C or SIGTERM
     before the training loop (which saves on them) quits with 130."""
     global _RUN
-    _RUN, status = None, 1
-    sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    status = 1
+    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     try:
         status = main(argv)
     except UserError as e:  # (sys.exit of a text prints it to stderr and exits with 1)
@@ -72,6 +65,7 @@ def cli(main, argv=None):
         signal.signal(signal.SIGTERM, sigterm)
         if _RUN is not None:
             _RUN.release(failed=status != 0)
+            _RUN = None
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     sys.exit(status)
@@ -79,6 +73,7 @@ def cli(main, argv=None):
 
 # --- Command line ------------------------------------------------------------------------------
 def checked(kind, ok, says):
+    """An argparse type: kind(text), refused with `says` where ok(value) is false."""
     def parse(text):
         try:
             value = kind(text)
@@ -111,8 +106,7 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
             p.add_argument(flag, default=defaults[dest], help=f"{help} (default: {said})", **kw)
 
     add("--dataset", "which data to train on", choices=datasets)
-    add("--dataroot", "parent folder of the datasets: MNIST in DIR/MNIST, CelebA in "
-        "DIR/celeba/img_align_celeba/*.jpg; for --dataset folder, an ImageFolder root", metavar="DIR")
+    add("--dataroot", "the datasets' folder: DIR/MNIST, DIR/celeba/img_align_celeba, ...", metavar="DIR")
     p.add_argument("--out", metavar="DIR", help="where the run writes (default: runs/<script>-<dataset>)")
     add("--epochs", "number of training epochs", type=positive_int, metavar="N")
     add("--batch-size", "batch size during training", type=positive_int, metavar="N")
@@ -122,48 +116,27 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
     add("--nz", "size of the latent vector z", type=positive_int, metavar="N")
     add("--ngf", "size of the feature maps in the generator", type=positive_int, metavar="N")
     add("--ndf", "size of the feature maps in the discriminator", type=positive_int, metavar="N")
-    add("--workers", "DataLoader workers", "0 for data in memory, else min(4, CPUs)",
-        type=non_negative_int, metavar="N")
+    add("--workers", "DataLoader workers", "0 in memory, else min(4, CPUs)", type=non_negative_int, metavar="N")
     add("--seed", "random seed", type=seed)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: cuda, mps, cpu")
     add("--log-every", "iterations between log lines", type=positive_int, metavar="N")
     add("--sample-every", "iterations between fixed-noise snapshots", type=positive_int, metavar="N")
-    p.add_argument("--max-steps", type=positive_int, metavar="N",
-                   help="stop after N iterations in all, and save a checkpoint")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N iterations in all")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     return p
 
 
-def gpu_unusable():
-    """Why torch cannot use this machine's NVIDIA GPU, and what to install, or None (there is no
-    such GPU, or torch uses it)."""
-    if torch.cuda.is_available() or not (shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia")):
-        return None
-    driver = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError, AttributeError):
-        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
-        driver = re.search(r"CUDA Version: *([0-9.]+)", smi).group(1)  # the newest CUDA it runs
-    why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None else
-           f"this torch ({torch.__version__}) is built for CUDA {torch.version.cuda}"
-           + (f", and the NVIDIA driver here runs CUDA up to {driver}" if driver else ""))
-    wheels = {"11": "cu118", "12": "cu126"}.get((driver or "12").split(".")[0], "cu130")  # PyTorch's builds
-    return (f"{why}. A torch for this driver: pip install torch torchvision --index-url "
-            f"https://download.pytorch.org/whl/{wheels} (README, Your torch)")
-
-
 def check_device(device):
-    """--device cuda or mps where there is none: a clear message, not torch's traceback; with
-    --device auto, one line where an NVIDIA GPU is there and torch cannot use it."""
-    why = gpu_unusable() if device in ("auto", "cuda") else None
+    """--device cuda or mps where there is none: one line, not torch's traceback; with auto, a
+    warning where the machine has an NVIDIA GPU (nvidia-smi) that this torch cannot use."""
+    this = f"this torch ({torch.__version__}, {'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'})"
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device cuda: {why}" if why else f"--device cuda: this torch "
-                        f"({torch.__version__}) sees no CUDA GPU; use --device cpu or auto")
+        raise UserError(f"--device cuda: {this} cannot use a GPU here (README, Your torch)")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS (Apple GPU) is not available here; use --device cpu or auto")
-    if why:
-        print(f"This machine has an NVIDIA GPU, and torch cannot use it: training on the CPU, 50 to "
-              f"100 times slower: {why}", flush=True)
+    if device == "auto" and not torch.cuda.is_available() and shutil.which("nvidia-smi"):
+        print(f"Warning: this machine has an NVIDIA GPU, and {this} cannot use it: training on the "
+              "CPU, 50 to 100 times slower (README, Your torch, says which torch fits)", flush=True)
 
 
 def get_args(parser, argv, script):
@@ -191,11 +164,10 @@ def get_args(parser, argv, script):
 
 
 # --- Data --------------------------------------------------------------------------------------
-CELEBA_HELP = """CelebA not found: looked in {root}: {problem}.
-The chapter's layout (§12.4.1) is {root}/img_align_celeba/000001.jpg ... 202599.jpg: ImageFolder
-wants them one sub-folder down (directly in {root} is one level too shallow). Get
-img_align_celeba.zip ("Align&Cropped Images" at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html,
-or Kaggle's "celeba-dataset"), then: mkdir -p {root} && unzip img_align_celeba.zip -d {root}"""
+CELEBA_HELP = """CelebA not found in {root}: {problem}. The chapter's layout (§12.4.1) is
+{root}/img_align_celeba/000001.jpg ... (directly in {root} is one level too shallow). Get
+img_align_celeba.zip (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or Kaggle's "celeba-dataset"),
+then: mkdir -p {root} && unzip img_align_celeba.zip -d {root}"""
 DOWNLOAD_HELP = """could not download or read {name} in {folder}: {reason}
 Without internet, put the files there by hand: {files}. If they are there and damaged, delete
 {folder} to download them again. Or pass --dataroot DIR for a folder that holds them."""
@@ -207,8 +179,7 @@ def read_image(path):
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {e}. Remove or replace it, then run again "
-                        "(with --resume if the run has written a checkpoint.pt)") from None
+        raise UserError(f"cannot read image {path}: {e}. Remove or replace it, and run again") from None
 
 
 def load_dataset(name, dataroot, transform, image_shape, train=True):
@@ -216,15 +187,14 @@ def load_dataset(name, dataroot, transform, image_shape, train=True):
     error; train=False: the test split (evaluate.py)."""
     if name in ("celeba", "folder"):
         root = os.path.join(dataroot, "celeba") if name == "celeba" else dataroot
-        problem, sub = "it does not exist", "img_align_celeba" if name == "celeba" else "images"
+        problem = "it does not exist"
         if os.path.isdir(root):
             try:
                 return dset.ImageFolder(root=root, transform=transform, loader=read_image)
             except FileNotFoundError:
                 problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
                 if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
-                    problem = ("the images are directly in it, one level too shallow: move them into "
-                               f"a sub-folder, e.g. {os.path.join(root, sub)}/")
+                    problem = "the images are directly in it, one level too shallow: move them into a sub-folder"
         if name == "celeba":
             raise UserError(CELEBA_HELP.format(root=root, problem=problem))
         raise UserError(f"--dataset folder: no images found in {root}: {problem}. Pass --dataroot "
@@ -258,23 +228,16 @@ def in_memory(dataset):
     size = len(dataset) * dataset[0][0].nelement() * 4  # bytes, in float32
     if not all(isinstance(s, FIXED) for s in steps) or size > IN_MEMORY:
         return dataset
-    start, workers = time.perf_counter(), min(4, os.cpu_count() or 1) if len(dataset) > 10000 else 0
-    images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=1000, num_workers=workers))
+    images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=1000))
     kept = torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
     kept.classes = getattr(dataset, "classes", None) or [str(c) for c in range(dataset.num_classes)]
-    print(f"Transformed the {len(kept)} images once, into memory "
-          f"({kept.tensors[0].nbytes / 2**20:.0f} MB) in {time.perf_counter() - start:.1f} s")
     return kept
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """shuffle=True by (seed, epoch), a shard for each torchrun process; set_epoch(epoch, start)
-    skips the first `start` indices, for a resume in the middle of an epoch."""
-
-    def __init__(self, dataset, seed, rank=0, size=1):
-        # drop_last: n // size indices each, so all processes take the same number of steps
-        super().__init__(dataset, num_replicas=size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.start = 0
+    """torch's DistributedSampler (shuffled by seed and epoch, a shard for each torchrun process),
+    whose set_epoch(epoch, start) skips the first `start` indices: a resume in the middle of an epoch."""
+    start = 0
 
     def set_epoch(self, epoch, start=0):
         super().set_epoch(epoch)
@@ -309,10 +272,9 @@ def write_atomically(path, write, sync=False):
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        folder = os.path.dirname(path) or "."  # full? (asked before the partial file frees space)
-        full = getattr(e, "errno", None) == errno.ENOSPC or (isinstance(e, (OSError, RuntimeError))
-                                                               and os.path.isdir(folder)
-                                                               and shutil.disk_usage(folder).free < 2**20)
+        folder = os.path.dirname(path) or "."  # full? asked before the partial file frees space
+        full = getattr(e, "errno", None) == errno.ENOSPC or (
+            isinstance(e, RuntimeError) and os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20)
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if _QUITTING or isinstance(e, KeyboardInterrupt):  # (torch.save may turn it into a RuntimeError)
@@ -323,50 +285,27 @@ def write_atomically(path, write, sync=False):
         raise UserError(f"{why} ({os.path.basename(path)} as it was before is kept)") from None
 
 
-def make_folder(out):
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot make the folder {out}: {e.strerror or e}. Pass --out DIR "
-                        "for a folder that can be written") from None
-
-
-_LOCKS = {}  # the folders this process has locked: the .lock's path -> its open file
-
-
 def lock(out):
-    """Take out/.lock, an flock the system lets go of when the process ends, however it ends;
-    refused while another process holds it. Returns whether this call took it."""
-    path = os.path.realpath(os.path.join(out, ".lock"))
-    if fcntl is None or path in _LOCKS:
-        return False
-    f = open(path, "a")
+    """An flock on out/.lock (not on Windows, which has no fcntl), refused while another process
+    holds it. Returns the open file: closing it lets go, as does the process's end, however it ends."""
+    f = open(os.path.join(out, ".lock"), "a")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise UserError(f"{out} is in use by another run: wait for it to end, or write this "
-                        "run elsewhere with --out DIR") from None
-    _LOCKS[path] = f
-    return True
-
-
-def unlock(out):
-    f = _LOCKS.pop(os.path.realpath(os.path.join(out, ".lock")), None)
-    if f is not None:
-        f.close()
+        raise UserError(f"{out} is in use by another run: wait for it to end, or pass --out DIR") from None
+    return f
 
 
 # --- Checkpoints -------------------------------------------------------------------------------
 def _cpu(state):
     """A state_dict (nested dicts and lists) on the CPU: a GPU's checkpoint loads anywhere."""
-    if torch.is_tensor(state):
-        return state.cpu()
     if isinstance(state, dict):
         return {k: _cpu(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_cpu(v) for v in state)
-    return state
+    if isinstance(state, list):
+        return [_cpu(v) for v in state]
+    return state.cpu() if torch.is_tensor(state) else state
 
 
 def save_checkpoint(ckpt, path):
@@ -378,44 +317,20 @@ def save_checkpoint(ckpt, path):
 def load_checkpoint(path, script=None):
     """torch.load(weights_only=True), or a clear error; script None: any script's checkpoint."""
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: train first (python {script or '<script>'}.py ...), "
-                        "or pass the right path")
-    cannot = f"{path} is not a checkpoint this script can read:"
-    damaged = f"{cannot} not a file that torch.save wrote, or one cut short"
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a cut one is none)
-        raise UserError(damaged)
+        raise UserError(f"no checkpoint at {path}: train first, or pass the right path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a Python object
-        raise UserError(f"{cannot} it holds Python objects other than tensors and plain values, "
-                        "and loading them could run any code") from None
-    except Exception:  # a damaged archive
-        raise UserError(damaged) from None
+    except Exception:  # (weights_only=True refuses Python objects)
+        raise UserError(f"{path} is not a checkpoint this script can read: not a file that torch.save wrote, "
+                        "one cut short, or one that holds Python objects (loading them could run any code)") from None
     if not (isinstance(ckpt, dict) and "script" in ckpt):
         raise UserError(f"{path} is not a checkpoint of {script + '.py' if script else 'these scripts'} "
                         "(a netG.pt holds a generator's weights alone: use the run's checkpoint.pt)")
     if script and ckpt["script"] != script:
-        raise UserError(f"{path} was written by {ckpt['script']}.py, not {script}.py: "
-                        f"use python {ckpt['script']}.py with it")
-    kinds = {"args": dict, "iters": int, "history": list, "rng": dict, "netG": dict}
-    wrong = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
-    if wrong or ckpt["iters"] < 0:
-        raise UserError(f"{path} is not a complete checkpoint of {ckpt['script']}.py "
-                        f"({'no ' + ', '.join(wrong) if wrong else 'its iters is negative'})")
+        raise UserError(f"{path} was written by {ckpt['script']}.py: use python {ckpt['script']}.py with it")
+    if not {"args", "iters", "history", "rng", "netG", "netD"} <= ckpt.keys():
+        raise UserError(f"{path} is not a complete checkpoint of {ckpt['script']}.py (a part is missing)")
     return ckpt
-
-
-def load_state(module, state, what, path):
-    """module.load_state_dict, or a clear error: other sizes, or weights not finite."""
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
-        raise UserError(f"{path}: {what} does not fit this model ({detail}). Were the sizes "
-                        "(--nz, --ngf, --ndf, --dataset) different?") from None
-    if not all(t.isfinite().all() for t in module.state_dict().values() if t.is_floating_point()):
-        raise UserError(f"{path}: the weights of {what} are not finite (NaN or infinite): the run that "
-                        "wrote them had diverged; use an earlier checkpoint")
 
 
 # --- Pictures ----------------------------------------------------------------------------------
@@ -447,32 +362,25 @@ def save_gif(frames, path, duration):
 def plot_losses(curves, title, path):
     """The chapter's loss plot (§12.4.5) where matplotlib is installed; it is optional."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return print("matplotlib is not installed, so there is no losses.png "
-                     "(pip install matplotlib); losses.csv has the numbers")  # (None: not plotted)
-    fig, ax = plt.subplots(figsize=(10, 5))
+        from matplotlib.figure import Figure  # (not pyplot: no backend to pick, no window to close)
+    except ImportError:  # (then the run's closing line leaves out losses.png)
+        return False
+    fig = Figure(figsize=(10, 5))
+    ax = fig.subplots()
     for label, values in curves.items():
         ax.plot(values, label=label)
     ax.set(title=title, xlabel="iterations", ylabel="Loss")
     ax.legend()
     write_atomically(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
     return True
 
 
 # --- torchrun ----------------------------------------------------------------------------------
 def init_processes(device):
-    """Join torchrun's processes where its environment is set: NCCL on this process's GPU, Gloo
-    on the CPU. Returns (device, rank, number of processes)."""
+    """Under torchrun, join its processes (NCCL on this process's GPU, Gloo on the CPU): (device, rank, size)."""
     if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return device, 0, 1
     if device.type == "cuda":
-        if int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
-            raise UserError(f"torchrun started more processes on this machine than it has GPUs "
-                            f"({torch.cuda.device_count()}): pass --nproc_per_node={torch.cuda.device_count()}")
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # (once per process: tests call main() again)
@@ -489,60 +397,55 @@ def unwrap(model):
 
 # --- The run -----------------------------------------------------------------------------------
 class Run:
-    """One training run: torchrun, the run folder, the resumable DataLoader, the checkpoint's
-    state (keep). Its enumerate() is the chapter's enumerate(dataloader, 0), which also resumes
-    mid-epoch, writes losses.csv at log lines, stops on Ctrl-C, SIGTERM or --max-steps, and
-    saves at each epoch's end and at a stop. finish() writes the files of the end."""
+    """One training run: its folder, torchrun, the resumable DataLoader, the checkpoint, the
+    losses, and the stop on Ctrl-C, SIGTERM or --max-steps (docs/shared.md, How a script is built)."""
 
     def __init__(self, script, args, ckpt, device):
         global _RUN, _QUITTING
+        if _RUN is not None:  # a run of this process's that main() left without cli(): a notebook's
+            _RUN.release()
         self.script, self.args, self.ckpt, self.out = script, args, ckpt, args.out
         self.device, self.rank, self.size = init_processes(device)
         self.iters = ckpt["iters"] if ckpt else 0
         self.rows = [list(r) for r in ckpt["history"]] if ckpt else []  # losses.csv so far
         self.pending, self.columns, self.csv_mode = [], None, "w"
         self.started = self.stopped = self.signal = False
-        self.fake, self.nrow, self.state, self._handlers = None, 8, {}, {}
+        self.fake, self.nrow, self.state, self._handlers, self.lockfile, self.made = None, 8, {}, {}, None, False
         self.pinned = self.device.type == "cuda"  # batches in pinned memory: copies that do not wait
         self.gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(self.device.type)  # its random generator
-        _RUN, _QUITTING = self, False
         if is_main():  # the folder, locked, this run's alone
-            make_folder(self.out)
-            lock(self.out)
-            ckpt, resume = os.path.join(self.out, "checkpoint.pt"), args.resume
-            if os.path.exists(ckpt) and not (resume and os.path.samefile(ckpt, resume)):
-                unlock(self.out)
-                raise UserError(f"--out {self.out} holds another run's checkpoint.pt: resume into its own "
-                                "folder (leave out --out), or pass an --out without one" if resume else
-                                f"{self.out} already holds a run's checkpoint.pt. Continue it with --resume "
-                                f"{ckpt}, or write the new run elsewhere with --out DIR (or delete {self.out})")
-            for path in glob.glob(os.path.join(self.out, "fake_samples_*.png")):  # an attempt after the
-                if int(os.path.basename(path)[13:-4]) >= self.iters:  # checkpoint: not in progress.gif
-                    os.remove(path)
+            self.made = not os.path.isdir(self.out)  # (a new run that fails before training takes it away)
+            os.makedirs(self.out, exist_ok=True)
+            self.lockfile = lock(self.out)
+            ckpt = os.path.join(self.out, "checkpoint.pt")
+            if os.path.exists(ckpt) and not (args.resume and os.path.samefile(ckpt, args.resume)):
+                self.release()
+                raise UserError(f"{self.out} already holds a run's checkpoint.pt: continue that run with "
+                                f"--resume {ckpt}, or write this one elsewhere with --out DIR")
+        _RUN, _QUITTING = self, False
         if hasattr(sys.stdout, "reconfigure"):  # each log line shows at once, in a pipe or a file too
             sys.stdout.reconfigure(line_buffering=True)
         print(f"Device: {self.device}")
 
     def dataloader(self, dataset, batch_size, num_workers=None, drop_last=False):
-        """The chapter's DataLoader(dataset, batch_size, shuffle=True, num_workers), with an
-        EpochSampler; pinned memory on CUDA, the workers kept from epoch to epoch."""
+        """The chapter's DataLoader(dataset, batch_size, shuffle=True, num_workers), resumable."""
+        kept = isinstance(dataset, torch.utils.data.TensorDataset)  # (in_memory's)
         if num_workers is None:  # decoding images wants workers; a tensor in memory does not
-            in_memory = isinstance(dataset, torch.utils.data.TensorDataset)
-            num_workers = 0 if in_memory else min(4, os.cpu_count() or 1)
-        sampler = EpochSampler(dataset, self.args.seed, self.rank, self.size)
+            num_workers = 0 if kept else min(4, os.cpu_count() or 1)
+        # drop_last: as many indices in each process, so that all take the same number of steps
+        sampler = EpochSampler(dataset, self.size, self.rank, shuffle=True, seed=self.args.seed, drop_last=True)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
             drop_last=drop_last, pin_memory=self.pinned, persistent_workers=num_workers > 0,
             worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(0))  # (the workers' seeds: the global one is left be)
         if len(loader) == 0:
-            raise UserError(f"the dataset has {len(dataset)} images, fewer than one batch "
-                            f"(--batch-size {batch_size}): use a smaller --batch-size")
+            raise UserError(f"{len(dataset)} images are fewer than one batch: use a smaller --batch-size")
         classes = len(getattr(dataset, "classes", ()))
         print(f"Dataset: {self.args.dataset}, {len(dataset)} images" + (f" in {classes} classes" if classes > 1 else "")
-              + f", {len(loader)} batches of {batch_size} per epoch")
-        if self.size > 1:
-            print(f"torchrun: {self.size} processes, a global batch of {self.size * batch_size}")
+              + ", in memory" * kept + f", {len(loader)} batches of {batch_size} per epoch"
+              + (f" in each of {self.size} processes (torchrun: a global batch of {self.size * batch_size})"
+                 if self.size > 1 else ""))
         return loader
 
     def parallel(self, model):
@@ -556,21 +459,19 @@ class Run:
         """What the checkpoint holds, by name; a resumed run's is loaded back into it here, with
         the random generators. sample(): G's fixed-noise images, for a stop and real_vs_fake."""
         self.state, self.sample, self.nrow = state, sample, nrow
-        for name, x in [*state.items(), ("rng", self.device)] if self.ckpt else ():
-            try:  # (a plain value, such as 03's class names, is kept as it is)
-                if isinstance(x, torch.nn.Module):
-                    load_state(unwrap(x), self.ckpt[name], name, self.args.resume)
-                elif torch.is_tensor(x):
-                    x.copy_(self.ckpt[name])
-                elif hasattr(x, "load_state_dict"):
-                    x.load_state_dict(self.ckpt[name])
-                elif name == "rng":  # the generators, the device's where it is the same kind
-                    torch.set_rng_state(self.ckpt["rng"]["cpu"])
-                    if self.gpu and self.ckpt["rng"]["device_type"] == self.device.type:
-                        self.gpu.set_rng_state(self.ckpt["rng"]["device"])
-            except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError):
-                raise UserError(f"{self.args.resume} is not a complete checkpoint of {self.script}.py "
-                                f"(its {name} is missing or does not fit)") from None
+        for name, x in state.items() if self.ckpt else ():  # (a plain value, such as 03's classes, stays)
+            if torch.is_tensor(x):
+                x.copy_(self.ckpt[name])
+            elif hasattr(x, "load_state_dict"):  # the models (DDP's inner one) and the optimizers
+                try:
+                    unwrap(x).load_state_dict(self.ckpt[name])
+                except (RuntimeError, ValueError, KeyError) as e:  # other sizes: the file or the model edited
+                    raise UserError(f"{self.args.resume}: {name} does not fit this model: "
+                                    f"{str(e).strip().splitlines()[-1].strip()}") from None
+        if self.ckpt:  # the random generators, the device's where it is of the same kind
+            torch.set_rng_state(self.ckpt["rng"]["cpu"])
+            if self.gpu and self.ckpt["rng"]["device_type"] == self.device.type:
+                self.gpu.set_rng_state(self.ckpt["rng"]["device"])
         if self.rank > 0:  # torchrun: each process draws its own noise from here on
             torch.manual_seed(self.args.seed + self.rank + 1000003 * self.iters)
 
@@ -580,7 +481,7 @@ class Run:
         single, per_step = per_step is None, per_step or 1
         n = len(dataloader) // per_step  # iterations per epoch
         if not self.started:
-            self._start(n, per_step, dataloader.batch_size)
+            self._start(n, per_step)
         if self.stopped or epoch < self.iters // n:
             return
         start = self.iters - epoch * n
@@ -597,25 +498,18 @@ class Run:
             if self.stopped:
                 break
         self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
-        last = os.path.join(self.out, f"fake_samples_{self.iters - 1:06d}.png")
-        if self.stopped and not os.path.exists(last):
+        if self.stopped:  # the images of the stop, for progress.gif and real_vs_fake.png
             self.snapshot(self.sample(), self.iters - 1)
 
-    def _start(self, n, per_step, batch_size):
+    def _start(self, n, per_step):
         if n == 0:
-            raise UserError(f"an epoch has fewer than the {per_step} batches of --batch-size "
-                            f"{batch_size} one iteration takes: use a smaller --batch-size")
-        epoch, i = divmod(self.iters, n)
-        if epoch >= self.args.epochs or (self.args.max_steps and self.iters >= self.args.max_steps):
-            flag = "--epochs" if epoch >= self.args.epochs else "--max-steps"
-            raise UserError(f"{self.args.resume} has done {self.iters} iterations ({epoch} epochs) "
-                            f"already: pass a larger {flag} to go on")
-        if self.iters:
-            print(f"Resuming {self.args.resume}: epoch {epoch}, iteration {i} of {n}")
+            raise UserError(f"an iteration takes {per_step} batches, more than an epoch has: use a smaller --batch-size")
+        if self.iters >= min(self.args.epochs * n, self.args.max_steps or math.inf):
+            raise UserError(f"{self.args.resume} has done {self.iters} iterations ({self.iters // n} epochs) "
+                            "already: pass a larger --epochs or --max-steps to go on")
         self.started, self.rate = True, (self.iters, time.perf_counter())
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._handlers[sig] = signal.signal(sig, self._on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame):
         """The first Ctrl-C or SIGTERM: finish the iteration, save, stop; a second Ctrl-C quits,
@@ -633,29 +527,23 @@ class Run:
                          "(press Ctrl-C again to quit without saving)\n".encode())
 
     def release(self, failed=False):
-        """The signal handlers back, and the folder; a new run that failed before training takes
-        away what it wrote (real_samples.png), and its folder if that is then empty."""
+        """The signal handlers back, and the folder: a run that failed before training removes the one it made."""
         while self._handlers:
             signal.signal(*self._handlers.popitem())
-        mine = os.path.realpath(os.path.join(self.out, ".lock")) in _LOCKS  # (not a folder refused)
-        new = not os.path.exists(os.path.join(self.out, "checkpoint.pt"))
-        if failed and mine and new and not self.started:
-            for name in ("real_samples.png", ".lock"):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(self.out, name))
-            with contextlib.suppress(OSError):
-                os.rmdir(self.out)
-        unlock(self.out)
+        if failed and self.made and not self.started:
+            shutil.rmtree(self.out, ignore_errors=True)
+        if self.lockfile:
+            self.lockfile.close()
+            self.lockfile = None
 
     def append(self, **values):
-        """An iteration's row of losses.csv, kept on the device until the next log line: an
-        .item() each iteration would make the CPU wait for the GPU each time."""
+        """An iteration's row of losses.csv, kept on the device until the next log line (no .item(),
+        which would make the CPU wait for the GPU)."""
         self.columns = self.columns or ["epoch", "i", "iters", *values]
         self.pending.append((self.at, torch.stack([v.detach().float() for v in values.values()])))
 
     def flush(self):
-        """The rows into losses.csv, in one transfer. A NaN or infinite loss stops the run; under
-        torchrun all processes stop where one has had it, or a signal."""
+        """The rows into losses.csv, in one transfer; a NaN or infinite loss, or a signal, stops the run."""
         values = torch.stack([v for _, v in self.pending]).tolist() if self.pending else []
         new = [at + v for (at, _), v in zip(self.pending, values)]
         if new and is_main():  # the first write also has the header and a resumed run's rows
@@ -664,23 +552,18 @@ class Run:
             self.csv_mode = "a"
         self.pending, self.rows = [], self.rows + new
         bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
-        stop, nan_at = bool(self.signal), bad[2] if bad else math.inf
-        if self.size > 1:  # (MAX of minus the iteration: the earliest with a non-finite loss)
-            votes = torch.tensor([stop, -nan_at], dtype=torch.float, device=self.device)
+        stop, nan = bool(self.signal), bad is not None
+        if self.size > 1:  # each process votes: one's signal or NaN stops them all
+            votes = torch.tensor([stop, nan], dtype=torch.float, device=self.device)
             dist.all_reduce(votes, op=dist.ReduceOp.MAX)
-            stop, nan_at = bool(votes[0].item()), -votes[1].item()
+            stop, nan = votes.tolist()
             self.signal = self.signal or (stop and "a signal in another process")
-        if nan_at < math.inf:
-            said = (", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:])) if bad
-                    else "in another process")
-            raise self.diverged(f"a loss became NaN or infinite at iteration {int(nan_at)} ({said})")
+        if bad:
+            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
+            raise UserError(f"a loss became NaN or infinite at iteration {bad[2]} ({said}): {DIVERGED}")
+        if nan:
+            raise UserError(f"a loss became NaN or infinite in another process: {DIVERGED}")
         self.stopped = self.stopped or stop
-
-    def diverged(self, what):
-        ckpt = os.path.join(self.out, "checkpoint.pt")
-        kept = f"{ckpt}, the last good one, is kept" if os.path.exists(ckpt) else "No checkpoint was written yet"
-        return UserError(f"{what}, so training stopped. {kept}. Try a lower --lr, and check the data "
-                         "for broken images (docs/shared.md, Troubleshooting)")
 
     def column(self, name):
         """A column of losses.csv, the whole run's: G_losses, D_losses..."""
@@ -699,7 +582,7 @@ class Run:
                  for k, x in self.state.items()}
         weights = [t for net in ("netG", "netD") for t in state[net].values() if t.is_floating_point()]
         if not all(t.isfinite().all() for t in weights):
-            raise self.diverged(f"the weights became NaN or infinite by iteration {self.iters}")
+            raise UserError(f"the weights became NaN or infinite by iteration {self.iters}: {DIVERGED}")
         rng = {"cpu": torch.get_rng_state(), "device_type": self.device.type,
                "device": self.gpu.get_rng_state() if self.gpu else None}
         save_checkpoint({"script": self.script, "args": vars(self.args), "iters": self.iters,
@@ -717,10 +600,10 @@ class Run:
         plotted = is_main() and plot_losses(curves, title, os.path.join(self.out, "losses.png"))
         files = sorted(glob.glob(os.path.join(self.out, "fake_samples_*.png"))) if is_main() else []
         save_gif([Image.open(f).convert("RGB") for f in files], os.path.join(self.out, "progress.gif"), 1000)
-        save_real_vs_fake(real, self.fake if self.fake is not None else self.sample(),
-                          os.path.join(self.out, "real_vs_fake.png"), self.nrow)
+        save_real_vs_fake(real, self.fake, os.path.join(self.out, "real_vs_fake.png"), self.nrow)  # (the last snapshot)
         print(f"Wrote {self.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
-              f"real_vs_fake.png, losses.csv, {'losses.png, ' * bool(plotted)}checkpoint.pt, netG.pt")
+              f"real_vs_fake.png, losses.csv, {'losses.png' if plotted else 'no losses.png (pip install matplotlib)'}, "
+              "checkpoint.pt, netG.pt")
         if self.signal:
             print(f"Stopped by {self.signal} after {self.iters} iterations. Go on with: "
                   f"python {self.script}.py --resume {shlex.quote(os.path.join(self.out, 'checkpoint.pt'))}")

@@ -229,7 +229,7 @@ def train_classifier(dataset, dataroot, path, device):
     feats, probs, _ = embed(net, test.split(500), device)
     accuracy = (probs.argmax(1) == test_labels).float().mean().item()
     mu, sigma = statistics(feats)
-    common.make_folder(os.path.dirname(path) or ".")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     common.save_checkpoint({"evaluate": VERSION, "dataset": dataset, "classes": classes,
                             "net": {k: v.cpu() for k, v in net.state_dict().items()},  # loads without a GPU
                             "mu": mu, "sigma": sigma,

@@ -80,7 +80,12 @@ def generator(path, device):
             raise TypeError
     except (AttributeError, TypeError):  # a setting missing, or of the wrong kind
         raise common.UserError(f"{path} is not a complete checkpoint of {ckpt['script']}.py (its args)") from None
-    common.load_state(netG, ckpt["netG"], "the generator", path)
+    try:
+        netG.load_state_dict(ckpt["netG"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise common.UserError(f"{path}: the generator does not fit this model ({detail}). Were the sizes "
+                               "(--nz, --ngf, --ndf, --dataset) different?") from None
     return module, run, netG, classes
 
 
@@ -188,7 +193,7 @@ def save_generated(out, n, batches, nrow):
         common.save_grid(torch.cat(list(batches)), path, nrow=nrow)
         return path
     folder = os.path.join(out, "generated")
-    common.make_folder(folder)
+    os.makedirs(folder, exist_ok=True)
     k = 0
     for fake in batches:
         for image in fake:
@@ -233,9 +238,8 @@ def main(argv=None):
         batches, said = walks(args.checkpoint, args.n, args.walk, args.interp, args.seed, device, args.labels)
     else:
         batches, asked, classes, _ = samples(args.checkpoint, args.n, args.seed, device, args.labels)
-    common.make_folder(out)
-    took = common.lock(out)  # not into the folder of a run that is writing there
-    try:
+    os.makedirs(out, exist_ok=True)
+    with common.lock(out):  # not into the folder of a run that is writing there
         if args.walk:
             paths = save_walks(out, args.walk, batches)
             print(f"Wrote {args.n // args.walk} walks of {args.walk} images of {args.checkpoint} to "
@@ -246,9 +250,6 @@ def main(argv=None):
         print(f"Wrote {args.n} samples of {args.checkpoint} to {path}"
               + (": classes in order " + ", ".join(classes[c] for c in rows) if rows else ""))
         return 0
-    finally:
-        if took:
-            common.unlock(out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def error_of(argv):
 def test_a_run_writes_every_output(tmp_path, capsys):
     out = train(tmp_path / "run", "--epochs", 2, "--sample-every", 3, "--log-every", 2)
     log = capsys.readouterr().out
-    assert "Dataset: fake, 32 images in 10 classes, 4 batches of 8 per epoch" in log
+    assert "Dataset: fake, 32 images in 10 classes, in memory, 4 batches of 8 per epoch" in log
     assert "[1/2][2/4]\tLoss_D: " in log
     snaps = sorted(p for p in os.listdir(out) if p.startswith("fake_samples_"))
     assert snaps == [f"fake_samples_{k:06d}.png" for k in (0, 3, 6, 7)]

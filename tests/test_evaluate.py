@@ -299,7 +299,7 @@ def test_bad_inputs_get_one_clear_line(data, ckpt01, tmp_path, monkeypatch, caps
         evaluate.main, [str(tmp_path / "odd" / "0000.png"), "--dataroot", str(data), "--dataset", "fake"])
     if not torch.cuda.is_available():
         msg = user_error(evaluate.main, [ckpt, "--device", "cuda"])
-        assert msg.startswith("error: --device cuda: this torch (") and "sees no CUDA GPU" in msg
+        assert msg.startswith("error: --device cuda: this torch (") and "cannot use a GPU here" in msg
 
 
 def test_a_stale_classifier_is_trained_again(data, ckpt01, tmp_path, capsys):

@@ -120,8 +120,10 @@ def test_a_sigterm_before_the_training_loop_quits_cleanly(tmp_path, monkeypatch,
         common.cli(main, argv)
     assert e.value.code == 130 and capsys.readouterr().err.strip().endswith("interrupted")
     # the folder is free again (a new run's, refused before training, is gone)
-    assert not (tmp_path / "new").exists() if when == "loading the data" else common.lock(tmp_path / "new")
-    common.unlock(tmp_path / "new")
+    if when == "loading the data":
+        assert not (tmp_path / "new").exists()
+    else:
+        common.lock(tmp_path / "new").close()  # (refused, were it still held)
 
 
 def test_max_steps_ends_the_run_whatever_the_epochs(tmp_path):
@@ -154,14 +156,14 @@ def test_hand_made_checkpoints_are_refused_in_one_line(tmp_path, earlier):
     good = load(earlier / "checkpoint.pt")
     cases = {"script only": {"script": "02_dcgan"},
              "no netD": {k: v for k, v in good.items() if k != "netD"},
-             "netG an int": {**good, "netG": 3},
-             "iters a string": {**good, "iters": "two"},
              "an optimizer of junk": {**good, "optimizerD": {"state": 1}}}
     for case, ckpt in cases.items():
         path = tmp_path / f"{case}.pt"
         torch.save(ckpt, path)
         msg = error_of(["--resume", str(path), "--out", str(tmp_path / "out")])
-        assert f"{path} is not a complete checkpoint" in msg and "\n" not in msg, (case, msg)
+        said = "does not fit this model" if case == "an optimizer of junk" else "is not a complete checkpoint"
+        assert msg.startswith(f"error: {path}") and said in msg and "\n" not in msg, (case, msg)
+        assert not (tmp_path / "out").exists()
 
 
 class Evil:
@@ -175,18 +177,10 @@ def test_a_malicious_pickle_is_named_for_what_it_is(tmp_path, capfd, earlier):
                       ("netG.pt", {"main.0.weight": Evil()})):
         torch.save(obj, tmp_path / name)
         msg = error_of(["--resume", str(tmp_path / name)])
-        assert "Python objects other than tensors" in msg and "could run any code" in msg, msg
+        assert "holds Python objects (loading them could run any code)" in msg, msg
     assert "this ran" not in capfd.readouterr().out
     (tmp_path / "cut.pt").write_bytes((tmp_path / "alone.pt").read_bytes()[:-40])
     assert "one cut short" in error_of(["--resume", str(tmp_path / "cut.pt")])
-
-
-def test_a_generator_with_nan_weights_is_refused(tmp_path, earlier):
-    ckpt = load(earlier / "checkpoint.pt")
-    ckpt["netG"]["main.0.weight"][0, 0, 0, 0] = float("nan")
-    torch.save(ckpt, tmp_path / "nan.pt")
-    msg = error_of(["--resume", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "run")])
-    assert "are not finite" in msg and not (tmp_path / "run").exists()
 
 
 # --- Flags ---------------------------------------------------------------------------------------

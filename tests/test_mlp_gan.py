@@ -70,7 +70,7 @@ def test_a_new_run_refused_before_training_leaves_nothing_behind(tmp_path):
     real_samples.png was written; the folder the run made goes again."""
     msg = user_error(gan.main, ["--dataset", "fake", "--batch-size", "8", "--workers", "0",
                                 "--k", "5", "--out", str(tmp_path / "run")])
-    assert "fewer than the 5 batches" in msg
+    assert "an iteration takes 5 batches, more than an epoch has" in msg
     assert not (tmp_path / "run").exists()
 
 

@@ -388,12 +388,10 @@ def test_bad_checkpoints_are_refused_in_one_line(ckpts, tmp_path):
     for name, content in (("text.pt", b"a text file\n"), ("cut.pt", good[:len(good) // 2])):
         (tmp_path / name).write_bytes(content)
         assert error_of(tmp_path / name) == (f"error: {tmp_path / name} is not a checkpoint this script can "
-                                             "read: not a file that torch.save wrote, or one cut short")
+                                             "read: not a file that torch.save wrote, one cut short, or one that "
+                                             "holds Python objects (loading them could run any code)")
     ckpt = load(ckpts["02_dcgan"])
-    netG = {k: v.clone() for k, v in ckpt["netG"].items()}
-    netG["main.0.weight"][0, 0, 0, 0] = float("nan")  # a run that had diverged
-    bad = {"nan.pt": {**ckpt, "netG": netG},
-           "other.pt": {**ckpt, "script": "05_mine"},
+    bad = {"other.pt": {**ckpt, "script": "05_mine"},
            "no seed.pt": {**ckpt, "args": {k: v for k, v in ckpt["args"].items() if k != "seed"}},
            "no nz.pt": {**ckpt, "args": {k: v for k, v in ckpt["args"].items() if k != "nz"}},
            "netG an int.pt": {**ckpt, "netG": 3},
@@ -401,13 +399,12 @@ def test_bad_checkpoints_are_refused_in_one_line(ckpts, tmp_path):
     for name, content in bad.items():
         torch.save(content, tmp_path / name)
     for flags in ([], ["--walk", "2"]):
-        msg = error_of(tmp_path / "nan.pt", *flags)
-        assert "the weights of the generator are not finite" in msg and "use an earlier checkpoint" in msg
         msg = error_of(tmp_path / "other.pt", *flags)
         assert msg.endswith("was written by 05_mine.py, which these tools do not know")
-        for name in ("no seed.pt", "no nz.pt", "netG an int.pt", "script only.pt"):
+        for name in ("no seed.pt", "no nz.pt", "script only.pt"):
             msg = error_of(tmp_path / name, *flags)
             assert f"{tmp_path / name} is not a complete checkpoint of 02_dcgan.py" in msg, (name, msg)
+        assert "the generator does not fit this model" in error_of(tmp_path / "netG an int.pt", *flags)
     for name in os.listdir(tmp_path):
         if name.endswith(".pt"):
             assert "\n" not in error_of(tmp_path / name), name
