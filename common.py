@@ -32,8 +32,7 @@ IN_MEMORY = 2**30  # bytes: a dataset whose transformed images fit is kept in me
 FIXED = (T.Resize, T.CenterCrop, T.Grayscale, T.ToTensor, T.Normalize)  # the same pixels every epoch
 FREE_ON_RESUME = {"epochs", "out", "dataroot", "workers", "log_every", "sample_every"}  # others: the run's
 PER_INVOCATION = {"resume", "max_steps", "device"}  # never taken from a checkpoint
-DIVERGED = ("training stopped, and checkpoint.pt, if the run has one, is kept as it was. Try a lower "
-            "--lr (docs/shared.md, Troubleshooting)")
+DIVERGED = "training stopped; checkpoint.pt, if any, is kept. Try a lower --lr (docs/shared.md, Troubleshooting)"
 _RUN = None  # this process's Run, once it holds its folder: cli() lets go of it
 _QUITTING = False  # a second Ctrl-C has come: whatever torch.save makes of it, quit
 
@@ -95,8 +94,7 @@ unit_value = checked(float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # 01's -
 
 
 def make_parser(doc, datasets, lr_said=None, **defaults):
-    """The flags all scripts share (CONVENTIONS.md), the script's document values as defaults; a
-    flag exists only where the script gives it a default."""
+    """The flags all scripts share (CONVENTIONS.md): those the script gives a default, its document's."""
     p = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -118,7 +116,8 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
     add("--ndf", "size of the feature maps in the discriminator", type=positive_int, metavar="N")
     add("--workers", "DataLoader workers", "0 in memory, else min(4, CPUs)", type=non_negative_int, metavar="N")
     add("--seed", "random seed", type=seed)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="auto: cuda, mps, cpu")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto: cuda, else mps, else cpu (default: auto)")
     add("--log-every", "iterations between log lines", type=positive_int, metavar="N")
     add("--sample-every", "iterations between fixed-noise snapshots", type=positive_int, metavar="N")
     p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N iterations in all")
@@ -127,8 +126,7 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
 
 
 def check_device(device):
-    """--device cuda or mps where there is none: one line, not torch's traceback; with auto, a
-    warning where the machine has an NVIDIA GPU (nvidia-smi) that this torch cannot use."""
+    """--device cuda or mps where there is none: one line; auto: a warning where an NVIDIA GPU is idle."""
     this = f"this torch ({torch.__version__}, {'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'})"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device cuda: {this} cannot use a GPU here (README, Your torch)")
@@ -145,9 +143,8 @@ def get_args(parser, argv, script):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     check_device(args.device)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(args.resume, script)
+    ckpt = load_checkpoint(args.resume, script) if args.resume else None
+    if ckpt:
         args.out = args.out or os.path.dirname(args.resume) or "."
         given = {a.dest for a in parser._actions for s in a.option_strings
                  if any(x == s or x.startswith(s + "=") for x in argv)}
@@ -183,8 +180,7 @@ def read_image(path):
 
 
 def load_dataset(name, dataroot, transform, image_shape, train=True):
-    """The torchvision dataset of --dataset (fake: FakeData of image_shape (C, H, W)), or a clear
-    error; train=False: the test split (evaluate.py)."""
+    """The torchvision dataset of --dataset (fake: FakeData of image_shape), or a clear error."""
     if name in ("celeba", "folder"):
         root = os.path.join(dataroot, "celeba") if name == "celeba" else dataroot
         problem = "it does not exist"
@@ -195,10 +191,8 @@ def load_dataset(name, dataroot, transform, image_shape, train=True):
                 problem = "it has no sub-folder with images (.jpg, .png, ...) in it"
                 if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
                     problem = "the images are directly in it, one level too shallow: move them into a sub-folder"
-        if name == "celeba":
-            raise UserError(CELEBA_HELP.format(root=root, problem=problem))
-        raise UserError(f"--dataset folder: no images found in {root}: {problem}. Pass --dataroot "
-                        "DIR where DIR has one sub-folder per class (or just one) with the images inside")
+        raise UserError(CELEBA_HELP.format(root=root, problem=problem) if name == "celeba" else
+                        f"--dataset folder: no images in {root}: {problem} (DIR/class/image.jpg: --dataroot DIR)")
     if name == "fake":
         # FakeData seeds torch's generators for each image and gives back the CPU's alone: the
         # GPU's state is kept around it, so that --seed still decides the GPU's noise
@@ -222,8 +216,8 @@ def load_dataset(name, dataroot, transform, image_shape, train=True):
 
 
 def in_memory(dataset):
-    """A dataset through its transform once, into a TensorDataset (with .classes): no PIL work
-    per image per epoch. Not where it would take over IN_MEMORY bytes, or a step is random."""
+    """The dataset through its transform once, into a TensorDataset: no PIL work per image per epoch.
+    Not where it would take over IN_MEMORY bytes, or a step of the transform is random."""
     steps = getattr(dataset.transform, "transforms", [dataset.transform])
     size = len(dataset) * dataset[0][0].nelement() * 4  # bytes, in float32
     if not all(isinstance(s, FIXED) for s in steps) or size > IN_MEMORY:
@@ -286,8 +280,9 @@ def write_atomically(path, write, sync=False):
 
 
 def lock(out):
-    """An flock on out/.lock (not on Windows, which has no fcntl), refused while another process
-    holds it. Returns the open file: closing it lets go, as does the process's end, however it ends."""
+    """out, made if need be, locked by an flock on out/.lock (not on Windows: no fcntl), refused while
+    another process holds it. Returns the open .lock: closing it lets go, as does the process's end."""
+    os.makedirs(out, exist_ok=True)
     f = open(os.path.join(out, ".lock"), "a")
     try:
         if fcntl is not None:
@@ -375,7 +370,7 @@ def plot_losses(curves, title, path):
     return True
 
 
-# --- torchrun ----------------------------------------------------------------------------------
+# --- torchrun, and the run --------------------------------------------------------------------
 def init_processes(device):
     """Under torchrun, join its processes (NCCL on this process's GPU, Gloo on the CPU): (device, rank, size)."""
     if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -395,7 +390,6 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-# --- The run -----------------------------------------------------------------------------------
 class Run:
     """One training run: its folder, torchrun, the resumable DataLoader, the checkpoint, the
     losses, and the stop on Ctrl-C, SIGTERM or --max-steps (docs/shared.md, How a script is built)."""
@@ -410,12 +404,12 @@ class Run:
         self.rows = [list(r) for r in ckpt["history"]] if ckpt else []  # losses.csv so far
         self.pending, self.columns, self.csv_mode = [], None, "w"
         self.started = self.stopped = self.signal = False
-        self.fake, self.nrow, self.state, self._handlers, self.lockfile, self.made = None, 8, {}, {}, None, False
+        self.fake, self.nrow, self.state, self._handlers = None, 8, {}, {}
+        self.lockfile, self.made = None, False  # (the folder's: only the first torchrun process takes it)
         self.pinned = self.device.type == "cuda"  # batches in pinned memory: copies that do not wait
         self.gpu = {"cuda": torch.cuda, "mps": torch.mps}.get(self.device.type)  # its random generator
         if is_main():  # the folder, locked, this run's alone
             self.made = not os.path.isdir(self.out)  # (a new run that fails before training takes it away)
-            os.makedirs(self.out, exist_ok=True)
             self.lockfile = lock(self.out)
             ckpt = os.path.join(self.out, "checkpoint.pt")
             if os.path.exists(ckpt) and not (args.resume and os.path.samefile(ckpt, args.resume)):
@@ -441,11 +435,8 @@ class Run:
             generator=torch.Generator().manual_seed(0))  # (the workers' seeds: the global one is left be)
         if len(loader) == 0:
             raise UserError(f"{len(dataset)} images are fewer than one batch: use a smaller --batch-size")
-        classes = len(getattr(dataset, "classes", ()))
-        print(f"Dataset: {self.args.dataset}, {len(dataset)} images" + (f" in {classes} classes" if classes > 1 else "")
-              + ", in memory" * kept + f", {len(loader)} batches of {batch_size} per epoch"
-              + (f" in each of {self.size} processes (torchrun: a global batch of {self.size * batch_size})"
-                 if self.size > 1 else ""))
+        print(f"Dataset: {self.args.dataset}, {len(dataset)} images{', in memory' * kept}, {len(loader)} batches "
+              f"of {batch_size} per epoch" + (f" in each of {self.size} processes (torchrun)" * (self.size > 1)))
         return loader
 
     def parallel(self, model):
@@ -493,9 +484,8 @@ class Run:
             self.iters += 1
             if i % self.args.log_every == 0:
                 self.flush()  # (under torchrun: where the processes agree to stop)
-            if (self.signal and self.size == 1) or self.iters == self.args.max_steps:
+            if self.stopped or (self.signal and self.size == 1) or self.iters == self.args.max_steps:
                 self.stopped = True
-            if self.stopped:
                 break
         self.save()  # the end of an epoch, or a stop: a resumed run goes on from here exactly
         if self.stopped:  # the images of the stop, for progress.gif and real_vs_fake.png
@@ -503,7 +493,8 @@ class Run:
 
     def _start(self, n, per_step):
         if n == 0:
-            raise UserError(f"an iteration takes {per_step} batches, more than an epoch has: use a smaller --batch-size")
+            raise UserError(f"an iteration takes {per_step} batches, more than an epoch has: use a smaller "
+                            "--batch-size")
         if self.iters >= min(self.args.epochs * n, self.args.max_steps or math.inf):
             raise UserError(f"{self.args.resume} has done {self.iters} iterations ({self.iters // n} epochs) "
                             "already: pass a larger --epochs or --max-steps to go on")
@@ -537,8 +528,7 @@ class Run:
             self.lockfile = None
 
     def append(self, **values):
-        """An iteration's row of losses.csv, kept on the device until the next log line (no .item(),
-        which would make the CPU wait for the GPU)."""
+        """An iteration's row of losses.csv, on the device until the next log line (an .item() would wait)."""
         self.columns = self.columns or ["epoch", "i", "iters", *values]
         self.pending.append((self.at, torch.stack([v.detach().float() for v in values.values()])))
 
@@ -558,11 +548,10 @@ class Run:
             dist.all_reduce(votes, op=dist.ReduceOp.MAX)
             stop, nan = votes.tolist()
             self.signal = self.signal or (stop and "a signal in another process")
-        if bad:
-            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:]))
-            raise UserError(f"a loss became NaN or infinite at iteration {bad[2]} ({said}): {DIVERGED}")
         if nan:
-            raise UserError(f"a loss became NaN or infinite in another process: {DIVERGED}")
+            said = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.columns[3:], bad[3:])) if bad else ""
+            where = f"at iteration {bad[2]} ({said})" if bad else "in another process"
+            raise UserError(f"a loss became NaN or infinite {where}: {DIVERGED}")
         self.stopped = self.stopped or stop
 
     def column(self, name):
@@ -600,7 +589,7 @@ class Run:
         plotted = is_main() and plot_losses(curves, title, os.path.join(self.out, "losses.png"))
         files = sorted(glob.glob(os.path.join(self.out, "fake_samples_*.png"))) if is_main() else []
         save_gif([Image.open(f).convert("RGB") for f in files], os.path.join(self.out, "progress.gif"), 1000)
-        save_real_vs_fake(real, self.fake, os.path.join(self.out, "real_vs_fake.png"), self.nrow)  # (the last snapshot)
+        save_real_vs_fake(real, self.fake, os.path.join(self.out, "real_vs_fake.png"), self.nrow)
         print(f"Wrote {self.out}/: real_samples.png, fake_samples_*.png, progress.gif, "
               f"real_vs_fake.png, losses.csv, {'losses.png' if plotted else 'no losses.png (pip install matplotlib)'}, "
               "checkpoint.pt, netG.pt")

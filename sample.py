@@ -238,7 +238,6 @@ def main(argv=None):
         batches, said = walks(args.checkpoint, args.n, args.walk, args.interp, args.seed, device, args.labels)
     else:
         batches, asked, classes, _ = samples(args.checkpoint, args.n, args.seed, device, args.labels)
-    os.makedirs(out, exist_ok=True)
     with common.lock(out):  # not into the folder of a run that is writing there
         if args.walk:
             paths = save_walks(out, args.walk, batches)

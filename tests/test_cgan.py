@@ -25,7 +25,7 @@ def error_of(argv):
 def test_a_run_writes_every_output(tmp_path, capsys):
     out = train(tmp_path / "run", "--epochs", 2, "--sample-every", 3, "--log-every", 2)
     log = capsys.readouterr().out
-    assert "Dataset: fake, 32 images in 10 classes, in memory, 4 batches of 8 per epoch" in log
+    assert "Dataset: fake, 32 images, in memory, 4 batches of 8 per epoch" in log
     assert "[1/2][2/4]\tLoss_D: " in log
     snaps = sorted(p for p in os.listdir(out) if p.startswith("fake_samples_"))
     assert snaps == [f"fake_samples_{k:06d}.png" for k in (0, 3, 6, 7)]
@@ -143,7 +143,7 @@ def test_a_folder_of_classes(tmp_path, capsys):
     for name in ("cats", "dogs", "owls"):
         make_images(tmp_path / "data" / name, 8, ext="png")
     out = train(tmp_path / "run", "--dataset", "folder", "--dataroot", tmp_path / "data", "--max-steps", 2)
-    assert "24 images in 3 classes" in capsys.readouterr().out
+    assert "Dataset: folder, 24 images, 3 batches of 8 per epoch" in capsys.readouterr().out
     assert png_size(out / "fake_samples_000001.png") == grid_size(30, nrow=10, side=32)  # 3 rows
     assert load(out / "checkpoint.pt")["classes"] == ["cats", "dogs", "owls"]
 

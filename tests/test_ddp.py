@@ -106,7 +106,7 @@ def test_two_processes_train_one_model(runs, script):
         assert (out / name).is_file(), name
     assert len(read_csv(out / "losses.csv")) == 3
     assert stdout.count("Starting Training Loop") == len(SCRIPTS) + 4  # once a job that trains
-    assert "in each of 2 processes (torchrun: a global batch of 8)" in stdout
+    assert "4 batches of 4 per epoch in each of 2 processes (torchrun)" in stdout
     # The checkpoint holds the models themselves, not their DistributedDataParallel wrappers
     ckpt = load(out / "checkpoint.pt")
     assert not any(k.startswith("module.") for k in list(ckpt["netG"]) + list(ckpt["netD"]))
