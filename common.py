@@ -192,7 +192,7 @@ def load_dataset(name, dataroot, transform, image_shape, train=True):
                 if any(f.lower().endswith(dset.folder.IMG_EXTENSIONS) for f in os.listdir(root)):
                     problem = "the images are directly in it, one level too shallow: move them into a sub-folder"
         raise UserError(CELEBA_HELP.format(root=root, problem=problem) if name == "celeba" else
-                        f"--dataset folder: no images in {root}: {problem} (DIR/class/image.jpg: --dataroot DIR)")
+                        f"--dataset folder: no images in {root}: {problem} (ImageFolder wants DIR/NAME/*.jpg)")
     if name == "fake":
         # FakeData seeds torch's generators for each image and gives back the CPU's alone: the
         # GPU's state is kept around it, so that --seed still decides the GPU's noise
@@ -536,9 +536,9 @@ class Run:
         """The rows into losses.csv, in one transfer; a NaN or infinite loss, or a signal, stops the run."""
         values = torch.stack([v for _, v in self.pending]).tolist() if self.pending else []
         new = [at + v for (at, _), v in zip(self.pending, values)]
-        if new and is_main():  # the first write also has the header and a resumed run's rows
+        if new and is_main():  # the first write has the header and a resumed run's rows too
             with open(os.path.join(self.out, "losses.csv"), self.csv_mode, newline="") as f:
-                csv.writer(f).writerows(([self.columns] + self.rows) * (self.csv_mode == "w") + new)
+                csv.writer(f).writerows(new if self.csv_mode == "a" else [self.columns, *self.rows, *new])
             self.csv_mode = "a"
         self.pending, self.rows = [], self.rows + new
         bad = next((r for r in new if not all(math.isfinite(x) for x in r[3:])), None)
