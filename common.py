@@ -126,7 +126,7 @@ def make_parser(doc, datasets, lr_said=None, **defaults):
 
 
 def check_device(device):
-    """--device cuda or mps where there is none: one line; auto: a warning where an NVIDIA GPU is idle."""
+    """--device cuda or mps where there is none: one line; auto: a warning where torch misses an NVIDIA GPU."""
     this = f"this torch ({torch.__version__}, {'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'})"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device cuda: {this} cannot use a GPU here (README, Your torch)")
